@@ -1,0 +1,82 @@
+"""The chip package's exception tree (one root, machine-readable fields).
+
+::
+
+    ChipError                      root of everything this package raises on bad data or a bad peer
+    ├── EncodingError              malformed bytes or text from outside (TLV, LDS file, MRZ, APDU)
+    ├── ProtocolError              a protocol run went wrong; carries ``step``
+    │   ├── SecureMessagingError   SM object missing, wrong MAC, bad padding: the session is dead
+    │   ├── AuthenticationError    BAC / SCP03 cryptogram or challenge mismatch
+    │   └── StatusWordError        the card answered a status word other than the expected one; carries ``sw``
+    ├── VerificationError          passive authentication or readback comparison failed; carries ``reasons``
+    └── TransportError             card removed, reader gone, connection dropped
+
+Caller misuse (wrong key length, impossible argument) is ``ValueError`` / ``TypeError``, as in the
+standard library.  Foreign exceptions are mapped at the boundary with ``raise ... from exc``.
+Messages never carry key material or personal data: they name the step, the field and the status word.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ChipError",
+    "EncodingError",
+    "ProtocolError",
+    "SecureMessagingError",
+    "StatusWordError",
+    "TransportError",
+    "VerificationError",
+]
+
+
+class ChipError(Exception):
+    """Root of the chip package's exceptions."""
+
+
+class EncodingError(ChipError):
+    """Malformed bytes or text coming from outside (TLV, LDS file, MRZ field, APDU)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ProtocolError(ChipError):
+    """A protocol run failed; ``step`` names where (e.g. ``"bac.external_authenticate"``)."""
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class SecureMessagingError(ProtocolError):
+    """Secure messaging failed (missing DO, MAC mismatch, bad padding). The session is dead."""
+
+
+class AuthenticationError(ProtocolError):
+    """A cryptogram, challenge or authentication token did not verify."""
+
+
+class StatusWordError(ProtocolError):
+    """The card answered ``sw`` where success was expected."""
+
+    def __init__(self, sw: int, *, step: str | None = None, message: str | None = None) -> None:
+        super().__init__(message or f"card answered SW {sw:04X}", step=step)
+        self.sw = sw
+
+
+class VerificationError(ChipError):
+    """A readback or passive authentication check failed; ``reasons`` lists every failed check."""
+
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class TransportError(ChipError):
+    """The transport lost the card or reader (card removed, reader gone, connection dropped)."""
+
+    def __init__(self, message: str, *, reader: str | None = None) -> None:
+        super().__init__(message)
+        self.reader = reader
