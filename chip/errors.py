@@ -6,6 +6,7 @@
     ├── EncodingError              malformed bytes or text from outside (TLV, LDS file, MRZ, APDU)
     ├── ProtocolError              a protocol run went wrong; carries ``step``
     │   ├── SecureMessagingError   SM object missing, wrong MAC, bad padding: the session is dead
+    │   │   └── CardSecureMessagingError  chip side: a secured command was refused; carries ``sw``
     │   ├── AuthenticationError    BAC / SCP03 cryptogram or challenge mismatch
     │   └── StatusWordError        the card answered a status word other than the expected one; carries ``sw``
     ├── VerificationError          passive authentication or readback comparison failed; carries ``reasons``
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CardSecureMessagingError",
     "ChipError",
     "EncodingError",
     "ProtocolError",
@@ -52,6 +54,18 @@ class ProtocolError(ChipError):
 
 class SecureMessagingError(ProtocolError):
     """Secure messaging failed (missing DO, MAC mismatch, bad padding). The session is dead."""
+
+
+class CardSecureMessagingError(SecureMessagingError):
+    """The chip side refused a secured command; ``sw`` is the status word it answers with.
+
+    Raised by card-side sessions (the emulator's SCP03 and SM layers) so the emulator can turn
+    it into a response without knowing which check failed (GP Amendment D 5.6: security error).
+    """
+
+    def __init__(self, message: str, *, sw: int, step: str | None = None) -> None:
+        super().__init__(message, step=step)
+        self.sw = sw
 
 
 class AuthenticationError(ProtocolError):

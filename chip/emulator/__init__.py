@@ -1,0 +1,10 @@
+"""An ISO/IEC 7816-4 chip OS emulator carrying the ICAO 9303 eMRTD application.
+
+``ChipImage`` is the non-volatile memory (saved to and loaded from an image file);
+``ChipOS`` processes command APDUs against it and always answers with a status word.
+"""
+
+from chip.emulator.card import ChipOS, TimingModel
+from chip.emulator.image import ChipImage, EFile, Lifecycle
+
+__all__ = ["ChipImage", "ChipOS", "EFile", "Lifecycle", "TimingModel"]
