@@ -2,15 +2,15 @@
 
 ::
 
-    ChipError                      root of everything this package raises on bad data or a bad peer
-    ├── EncodingError              malformed bytes or text from outside (TLV, LDS file, MRZ, APDU)
-    ├── ProtocolError              a protocol run went wrong; carries ``step``
-    │   ├── SecureMessagingError   SM object missing, wrong MAC, bad padding: the session is dead
-    │   │   └── CardSecureMessagingError  chip side: a secured command was refused; carries ``sw``
-    │   ├── AuthenticationError    BAC / SCP03 cryptogram or challenge mismatch
-    │   └── StatusWordError        the card answered a status word other than the expected one; carries ``sw``
-    ├── VerificationError          passive authentication or readback comparison failed; carries ``reasons``
-    └── TransportError             card removed, reader gone, connection dropped
+    ChipError                     root of what this package raises on bad data or a bad peer
+    ├── EncodingError             malformed bytes or text from outside (TLV, LDS, MRZ, APDU)
+    ├── ProtocolError             a protocol run went wrong; carries ``step``
+    │   ├── SecureMessagingError  SM missing, wrong MAC, bad padding: the session is dead
+    │   │   └── CardSecureMessagingError  chip side: a command refused; carries ``sw``
+    │   ├── AuthenticationError   BAC / SCP03 cryptogram or challenge mismatch
+    │   └── StatusWordError       the card answered an unexpected status word; carries ``sw``
+    ├── VerificationError         passive authentication or readback failed; carries ``reasons``
+    └── TransportError            card removed, reader gone, connection dropped
 
 Caller misuse (wrong key length, impossible argument) is ``ValueError`` / ``TypeError``, as in the
 standard library.  Foreign exceptions are mapped at the boundary with ``raise ... from exc``.

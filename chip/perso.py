@@ -148,7 +148,9 @@ def personalise(
         fcp += tlv(0x83, f.fid.to_bytes(2, "big"))
         if f.sfi is not None:
             fcp += tlv(0x88, bytes((f.sfi << 3,)))
-        yield from send(CommandAPDU(0x00, 0xE0, 0x00, 0x00, tlv(0x62, fcp)), f"perso.create.{f.name}")
+        yield from send(
+            CommandAPDU(0x00, 0xE0, 0x00, 0x00, tlv(0x62, fcp)), f"perso.create.{f.name}"
+        )
         for offset in range(0, len(f.data), chunk_size):
             chunk = f.data[offset : offset + chunk_size]
             cmd = CommandAPDU(0x00, 0xD6, offset >> 8, offset & 0xFF, chunk)
@@ -166,4 +168,3 @@ def personalise(
     )
     yield from send(CommandAPDU(0x80, 0xF0, SET_STATUS_ISD, STATE_SECURED), "perso.lock")
     return PersoResult(bytes(serial), apdus, written)
-

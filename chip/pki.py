@@ -46,7 +46,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 #: Part 12, 7.1.1.3 (DS certificates): id-icao-mrtd-security-extensions-documentTypeList.
 OID_DOCUMENT_TYPE_LIST = x509.ObjectIdentifier("2.23.136.1.1.6.2")
 
-#: Key algorithms this test PKI issues.  ECDSA P-256 is the default: it signs in tens of microseconds.
+#: Key algorithms this test PKI issues; ECDSA P-256, the default, signs in tens of microseconds.
 KEY_ALGORITHMS = ("ecdsa-p256", "ecdsa-brainpoolP256r1", "rsa-pss-3072")
 
 # Part 12, 5.3 suggests a CSCA key usage of 3-5 years and a certificate validity of that plus the
@@ -134,8 +134,8 @@ def create_csca(
     key = _generate_key(key_alg)
     name = _name(country, common_name)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    usage_end = end if private_key_usage_days is None else start + timedelta(
-        days=private_key_usage_days
+    usage_end = (
+        end if private_key_usage_days is None else start + timedelta(days=private_key_usage_days)
     )
     builder = (
         x509.CertificateBuilder()
@@ -239,7 +239,9 @@ def save_private_key(key: PrivateKey, path: Path | str, *, password: bytes | Non
         if password is not None
         else serialization.NoEncryption()
     )
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)

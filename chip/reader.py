@@ -90,7 +90,9 @@ def _file_length(head: bytes) -> int:
     return i + 1 + n + int.from_bytes(head[i + 1 : i + 1 + n], "big")
 
 
-def read_card(mrz_information: str, rng: RandomSource, *, extended: bool = True) -> Flow[CardReadout]:
+def read_card(
+    mrz_information: str, rng: RandomSource, *, extended: bool = True
+) -> Flow[CardReadout]:
     """SELECT, BAC with the MRZ, then EF.COM, every data group it lists, and EF.SOD."""
     yield from select_application()
     sm = yield from bac(mrz_information, rng)

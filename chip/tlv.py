@@ -31,7 +31,7 @@ _MAX_LENGTH_BYTES = 4
 
 
 def encode_tag(tag: int) -> bytes:
-    """The bytes of ``tag``; ``ValueError`` if they are not a well-formed BER tag (ISO/IEC 8825-1 8.1.2)."""
+    """The bytes of ``tag``; ``ValueError`` unless they form a BER tag (ISO/IEC 8825-1 8.1.2)."""
     if tag <= 0:
         raise ValueError("tag must be positive")
     encoded = tag.to_bytes((tag.bit_length() + 7) // 8, "big")
@@ -122,7 +122,9 @@ def read_tlv(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
     length, pos = _read_length(data, pos)
     stop = pos + length
     if stop > len(data):
-        raise EncodingError(f"TLV {tag:X} truncated: {length} bytes announced, {len(data) - pos} left")
+        raise EncodingError(
+            f"TLV {tag:X} truncated: {length} bytes announced, {len(data) - pos} left"
+        )
     return tag, data[pos:stop], stop
 
 

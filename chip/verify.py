@@ -97,7 +97,7 @@ def read_and_verify(
     except ChipError as exc:
         step = getattr(exc, "step", None)
         where = f" at {step}" if step else ""
-        return Verdict(False, (f"readback failed{where}: {type(exc).__name__}: {exc}",), CardReadout())
-    return verify_readout(
-        readout, trust_anchors=trust_anchors, expected_dg1=expected_dg1, at=at
-    )
+        return Verdict(
+            False, (f"readback failed{where}: {type(exc).__name__}: {exc}",), CardReadout()
+        )
+    return verify_readout(readout, trust_anchors=trust_anchors, expected_dg1=expected_dg1, at=at)

@@ -176,7 +176,10 @@ def run_chip_stage(
     out.mkdir(parents=True, exist_ok=True)
     pki = out / "pki"
     pki.mkdir(exist_ok=True)
-    for name, cert in (("csca.pem", keystore.csca_certificate()), ("ds.pem", keystore.ds_certificate())):
+    for name, cert in (
+        ("csca.pem", keystore.csca_certificate()),
+        ("ds.pem", keystore.ds_certificate()),
+    ):
         (pki / name).unlink(missing_ok=True)
         save_certificate(cert, pki / name)
     report = ChipStageReport()

@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perso", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="key management").add_subparsers(
+        dest="action", required=True
+    )
     init = keys.add_parser("init", help="create a test CSCA, Document Signer and perso master key")
     init.add_argument("--dir", required=True, help="keystore directory (created 0700)")
     init.add_argument("--country", default="CN", help="ISO 3166 alpha-2 country of the CSCA")

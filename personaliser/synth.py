@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -55,7 +55,9 @@ def synth_portrait(rng: random.Random) -> bytes:
     top = 95 + rng.randrange(-10, 10)
     draw.ellipse((cx - 150, h - 130, cx + 150, h + 120), fill=cloth)  # shoulders
     draw.rectangle((cx - 35, top + face_h - 30, cx + 35, h - 100), fill=skin)  # neck
-    draw.ellipse((cx - face_w // 2 - 8, top - 25, cx + face_w // 2 + 8, top + face_h // 2), fill=hair)
+    draw.ellipse(
+        (cx - face_w // 2 - 8, top - 25, cx + face_w // 2 + 8, top + face_h // 2), fill=hair
+    )
     draw.ellipse((cx - face_w // 2, top, cx + face_w // 2, top + face_h), fill=skin)
     eye_y = top + face_h * 2 // 5
     for dx in (-face_w // 5, face_w // 5):
@@ -141,7 +143,7 @@ def synth_applications(
         surname, surname_zh = rng.choice(SURNAMES)
         given = [rng.choice(GIVEN) for _ in range(rng.choice((1, 2, 2, 2)))]
         birth = date(1940, 1, 1) + timedelta(days=rng.randrange(0, 68 * 365))
-        approved = datetime.combine(day, time(9, 0), tzinfo=timezone.utc) + timedelta(
+        approved = datetime.combine(day, time(9, 0), tzinfo=UTC) + timedelta(
             minutes=rng.randrange(0, 8 * 60)
         )
         yield Application(

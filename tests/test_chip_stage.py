@@ -88,7 +88,9 @@ def test_openssl_cms_verifies_every_sod(run: Path, tmp_path: Path) -> None:
         assert content == EFSod.from_bytes(sod).lds_security_object_der
 
 
-def test_missing_keystore_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_keystore_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     apps = tmp_path / "apps.jsonl"
     apps.write_text("")
     code = main(["chip", "personalise", "--applications", str(apps), "--keys",

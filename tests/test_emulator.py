@@ -144,12 +144,30 @@ def test_random_bytes_always_get_a_status_word(frames: list[bytes]) -> None:
     for frame in frames:
         reply = chip.transmit(frame)
         assert len(reply) >= 2
-        assert reply[-2] in (0x61, 0x62, 0x63, 0x64, 0x65, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6D, 0x6E, 0x6F, 0x90)
+        assert reply[-2] in (
+            0x61,
+            0x62,
+            0x63,
+            0x64,
+            0x65,
+            0x67,
+            0x68,
+            0x69,
+            0x6A,
+            0x6B,
+            0x6D,
+            0x6E,
+            0x6F,
+            0x90,
+        )
 
 
 @given(
-    st.integers(0, 255), st.sampled_from([0xA4, 0xB0, 0xB1, 0xD6, 0xE0, 0x84, 0x82, 0x50, 0xDA, 0xF0]),
-    st.integers(0, 255), st.integers(0, 255), st.binary(max_size=300),
+    st.integers(0, 255),
+    st.sampled_from([0xA4, 0xB0, 0xB1, 0xD6, 0xE0, 0x84, 0x82, 0x50, 0xDA, 0xF0]),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.binary(max_size=300),
     st.one_of(st.none(), st.integers(1, 65536)),
 )
 def test_random_commands_on_a_locked_chip_write_nothing(cla, ins, p1, p2, data, ne) -> None:  # type: ignore[no-untyped-def]
@@ -159,6 +177,8 @@ def test_random_commands_on_a_locked_chip_write_nothing(cla, ins, p1, p2, data, 
     chip = ChipOS(image)
     before = image.to_json()
     select_app(chip)
-    reply = ResponseAPDU.from_bytes(chip.transmit(CommandAPDU(cla, ins, p1, p2, data, ne).to_bytes()))
+    reply = ResponseAPDU.from_bytes(
+        chip.transmit(CommandAPDU(cla, ins, p1, p2, data, ne).to_bytes())
+    )
     assert reply.sw != SW.UNKNOWN
     assert image.to_json() == before

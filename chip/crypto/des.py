@@ -33,7 +33,7 @@ __all__ = [
 BLOCK = 8
 _ZERO_IV = bytes(BLOCK)
 
-# Bit 0 of each key byte is its parity bit; DES keys carry odd parity per byte (FIPS 46-3 / ANSI X3.92).
+# Bit 0 of each key byte is its parity bit; DES keys carry odd parity per byte (FIPS 46-3).
 _ODD_PARITY = bytes((b & 0xFE) | ((b >> 1).bit_count() + 1) % 2 for b in range(256))
 
 
@@ -90,9 +90,9 @@ class RetailMac:
         _check_key16(key16)
         ka = key16[:8]
         self._single = TripleDES(ka + ka + ka)
-        self._final: CipherContext = Cipher(
-            TripleDES(key16 + ka), modes.ECB()
-        ).encryptor()
+        # One block through 3DES-ECB is the MAC's output transformation, not a mode for data.
+        final = modes.ECB()  # noqa: S305
+        self._final: CipherContext = Cipher(TripleDES(key16 + ka), final).encryptor()
 
     def mac(self, data: bytes, *, padded: bool = False) -> bytes:
         """The 8-byte MAC of ``data``; padding method 2 is applied unless ``padded=True``."""

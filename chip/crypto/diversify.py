@@ -11,10 +11,9 @@ counter 02 for AES-192/256.  Unlike the session-key derivation of GP Amendment D
 is no L field and no label constant.
 
 Caveat: there is no authoritative public specification of master-to-card key derivation for
-SCP03.  GlobalPlatformPro's maintainer says so (GPPro issue #112); "KDF3" is what that tool and
-several card vendors' tooling produce, but each card vendor's personalisation profile may
-differ.  Check the scheme against the vendor's documentation, or against one card's KCVs,
-before relying on it for a card product.
+SCP03; GlobalPlatformPro's maintainer says so (GPPro issue #112).  "KDF3" is that tool's
+scheme, and a card vendor's personalisation profile may use another.  Check it against the
+vendor's documentation, or against one real card's KCVs, before relying on it for a product.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ __all__ = ["pad", "unpad"]
 
 
 def pad(data: bytes, block: int) -> bytes:
-    """Pad ``data`` to a multiple of ``block`` bytes with ``80 00 .. 00`` (always at least one byte)."""
+    """Pad ``data`` to a multiple of ``block`` bytes with ``80 00 .. 00`` (at least one byte)."""
     if block <= 0:
         raise ValueError("block size must be positive")
     return data + b"\x80" + bytes(block - 1 - len(data) % block)

@@ -142,7 +142,7 @@ class ChipOS:
         written_before = self.stats.bytes_written
         try:
             response = self._process(apdu)
-        except Exception:  # noqa: BLE001 - rule 1: a chip never crashes, it answers
+        except Exception:
             self._drop_sessions()
             response = ResponseAPDU.status(SW.UNKNOWN)
         self.stats.apdus += 1
@@ -163,7 +163,8 @@ class ChipOS:
         cla = cmd.cla
         if cla == 0x0C:
             return self._process_bac(cmd)
-        if cla == 0x84:
+        if cla in (0x04, 0x84):
+            # GP Amendment D §6.2.4: C-MAC sets CLA bit 3 (00 -> 04, 80 -> 84).
             return self._process_scp(cmd)
         if cla in (0x00, 0x80):
             # Rule 4: an unprotected command ends any secure messaging session.
@@ -284,7 +285,9 @@ class ChipOS:
         self._ef = ef
         if p2 == 0x0C:
             return ResponseAPDU(b"", SW.OK)
-        fcp = tlv(0x62, tlv(0x80, ef.size.to_bytes(2, "big")) + tlv(0x82, b"\x01") + tlv(0x83, data))
+        fcp = tlv(
+            0x62, tlv(0x80, ef.size.to_bytes(2, "big")) + tlv(0x82, b"\x01") + tlv(0x83, data)
+        )
         return ResponseAPDU(fcp, SW.OK)
 
     def _address(self, cmd: CommandAPDU) -> tuple[EFile | None, int, SW | None]:

@@ -145,7 +145,9 @@ class ChipImage:
         except EncodingError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise EncodingError(f"malformed chip image: {type(exc).__name__}", field="image") from exc
+            raise EncodingError(
+                f"malformed chip image: {type(exc).__name__}", field="image"
+            ) from exc
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the image atomically with mode 0600 (it holds the chip's keys)."""

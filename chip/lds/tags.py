@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EF", "EF_TABLE", "by_dg", "by_fid", "by_name", "by_tag", "EMRTD_AID"]
+__all__ = ["EF", "EF_TABLE", "EMRTD_AID", "by_dg", "by_fid", "by_name", "by_tag"]
 
 #: ICAO 9303-10 4.1: the LDS1 eMRTD application identifier.
 EMRTD_AID = bytes.fromhex("A0000002471001")

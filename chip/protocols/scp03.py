@@ -1,12 +1,13 @@
 """GlobalPlatform Secure Channel Protocol '03' (AES), host side and card side, sans-I/O.
 
-Follows GP Card Specification v2.3 Amendment D v1.2 (clause numbers below are that document's),
-in S8 mode (8-byte challenges, cryptograms and MACs), the mode every SCP03 card supports.
+Follows GP Card Specification v2.3 Amendment D v1.2 (clause numbers below are that document's)
+in S8 mode: 8-byte challenges, cryptograms and MACs, the only mode before v1.2 (Table 5-1).
+S16 mode is not implemented; the host refuses a card that announces it.
 
 Host (the perso station)::
 
-    session = run_flow(open_scp03(keys, security_level=SecurityLevel.C_MAC | SecurityLevel.C_DECRYPTION,
-                                  rng=system_random), transport)
+    level = SecurityLevel.C_MAC | SecurityLevel.C_DECRYPTION
+    session = run_flow(open_scp03(keys, security_level=level, rng=system_random), transport)
     response = session.unwrap_response(send(session.wrap_command(command)))
 
 Card (the chip emulator): :class:`Scp03Card` answers INITIALIZE UPDATE and EXTERNAL AUTHENTICATE
@@ -166,7 +167,8 @@ def _plain_cla(cla: int) -> int:
 
 def _lc_field(nc: int, ne: int | None) -> bytes:
     # The MAC covers the header "as transmitted" (6.2.4); CommandAPDU.to_bytes chooses extended
-    # length by the same rule, so both ends agree on the Lc coding.
+    # length by the same rule (as does GlobalPlatformPro's encodeLcLength(lc, le)), so both
+    # ends agree on the Lc coding.
     if nc > SHORT_MAX_NC or (ne is not None and ne > SHORT_MAX_NE):
         return b"\x00" + nc.to_bytes(2, "big")
     return bytes((nc,))
@@ -271,7 +273,11 @@ class Scp03HostSession:
         return SecureMessagingError(message, step=step)
 
     def wrap_command(self, cmd: CommandAPDU) -> CommandAPDU:
-        """Apply C-DECRYPTION (6.2.6) and C-MAC (6.2.4) as the security level asks."""
+        """Apply C-DECRYPTION (6.2.6) and C-MAC (6.2.4) as the security level asks.
+
+        ``cmd`` is the plain command (CLA without secure messaging indication); Le is kept as
+        given, so ask for Le 00 when R-MAC or R-ENCRYPTION will lengthen the response.
+        """
         if self._dead:
             raise SecureMessagingError("secure channel is closed", step="scp03.wrap_command")
         level = self._level
@@ -288,9 +294,7 @@ class Scp03HostSession:
         header = bytes((_mac_cla(cmd.cla), cmd.ins, cmd.p1, cmd.p2)) + _lc_field(nc, cmd.ne)
         mac = channel.command_mac(header + data)
         channel.chain = mac
-        return CommandAPDU(
-            _secured_cla(cmd.cla), cmd.ins, cmd.p1, cmd.p2, data + mac[:_S8], cmd.ne
-        )
+        return CommandAPDU(_secured_cla(cmd.cla), cmd.ins, cmd.p1, cmd.p2, data + mac[:_S8], cmd.ne)
 
     def unwrap_response(self, resp: ResponseAPDU) -> ResponseAPDU:
         """Check the R-MAC (6.2.5) and undo R-ENCRYPTION (6.2.7) as the security level asks."""
