@@ -1,9 +1,9 @@
 """A test PKI for EF.SOD: a CSCA and its Document Signers, and the signer seam that EF.SOD uses.
 
-Certificate profile per ICAO Doc 9303 Part 12 (8th ed., 2021), 7.1.1 (RFC 5280 profile for CSCA and
-Document Signer certificates).  Key lifetimes follow Part 12, 5.3: a Document Signer key signs for a
-few months, while its certificate stays valid for that period plus the longest document validity,
-so that a reader can still check a ten-year-old card.
+Certificate profile per ICAO Doc 9303 Part 12 (8th ed., 2021), 7.1.1 (RFC 5280 profile for CSCA
+and Document Signer certificates).  Key lifetimes follow Part 12, 5 (key management): a Document
+Signer key signs for a few months, while its certificate stays valid for that period plus the
+longest document validity, so that a reader can still check a ten-year-old card.
 
 The signer is a small seam (:class:`DocumentSigner`): a local key today, a PKCS#11 token later.
 """
@@ -43,13 +43,13 @@ __all__ = [
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
-#: Part 12, 7.1.1.3 (DS certificates): id-icao-mrtd-security-extensions-documentTypeList.
+#: Part 12, 7.1.1 (DS certificates): id-icao-mrtd-security-extensions-documentTypeList.
 OID_DOCUMENT_TYPE_LIST = x509.ObjectIdentifier("2.23.136.1.1.6.2")
 
 #: Key algorithms this test PKI issues; ECDSA P-256, the default, signs in tens of microseconds.
 KEY_ALGORITHMS = ("ecdsa-p256", "ecdsa-brainpoolP256r1", "rsa-pss-3072")
 
-# Part 12, 5.3 suggests a CSCA key usage of 3-5 years and a certificate validity of that plus the
+# Part 12, 5 suggests a CSCA key usage of 3-5 years and a certificate validity of that plus the
 # longest DS certificate validity; a DS key usage of up to 3 months plus a 10-year document.
 _CSCA_VALIDITY_DAYS = 15 * 365 + 4
 _DS_VALIDITY_DAYS = 10 * 365 + 3 + 92
@@ -152,8 +152,8 @@ def create_csca(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
-        # Part 12, 7.1.1 lists privateKeyUsagePeriod as mandatory for CSCA certificates: the key
-        # stops issuing long before the certificate expires (5.3).
+        # Part 12, 7.1.1 requires privateKeyUsagePeriod in CSCA certificates (optional for a DS):
+        # the key stops issuing long before the certificate expires (Part 12, 5).
         .add_extension(x509.PrivateKeyUsagePeriod(start, usage_end), critical=False)
     )
     return Credential(key, _sign_certificate(builder, key))
@@ -171,7 +171,7 @@ def create_document_signer(
 ) -> Credential:
     """A Document Signer certificate issued by ``csca`` (Part 12, 7.1.1) and its key.
 
-    The country is the CSCA's: a DS signs only for its own State (Part 12, 7.1.1.1).
+    The country is the CSCA's: a DS signs only for its own State (Part 12, 7.1.1).
     """
     issuer = csca.certificate.subject
     countries = issuer.get_attributes_for_oid(NameOID.COUNTRY_NAME)
@@ -208,7 +208,7 @@ def create_document_signer(
 
 
 class _DocumentTypeListSyntax(core.Sequence):  # type: ignore[misc]
-    # Part 12, 7.1.1.3: DocumentTypeListSyntax ::= SEQUENCE { version INTEGER {v0(0)},
+    # Part 12, 7.1.1: DocumentTypeListSyntax ::= SEQUENCE { version INTEGER {v0(0)},
     #   docTypeList SET OF DocumentType }, DocumentType ::= PrintableString (SIZE (1..2)).
     _fields = [  # noqa: RUF012 - asn1crypto's schema hook
         ("version", core.Integer),
@@ -263,7 +263,7 @@ def load_certificate(path: Path | str) -> x509.Certificate:
 
 
 def _check_country(country: str) -> None:
-    # Part 12, 7.1.1.1: countryName is the ISO 3166-1 alpha-2 code, upper case.
+    # Part 12, 7.1.1: countryName is the ISO 3166-1 alpha-2 code, upper case.
     if not (len(country) == 2 and country.isascii() and country.isalpha() and country.isupper()):
         raise ValueError("country must be an ISO 3166-1 alpha-2 code such as 'CN'")
 
@@ -288,8 +288,8 @@ def _start(not_before: datetime | None) -> datetime:
 
 
 def _serial(random: RandomSource) -> int:
-    # RFC 5280 4.1.2.2 / Part 12 7.1.1: a positive integer of at most 20 octets.  127 random bits,
-    # forced non-zero, encode in at most 16 octets.
+    # RFC 5280 4.1.2.2 / Part 12 7.1.1: a positive integer of at most 20 octets.  16 random octets
+    # cut to 127 bits and made odd (so never zero) encode in at most 16 octets.
     return (int.from_bytes(random(16), "big") >> 1) | 1
 
 

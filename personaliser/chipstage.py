@@ -47,6 +47,8 @@ class CardOutcome:
     verify_apdus: int
     bytes_written: int
     seconds: float
+    #: time spent inside the emulated chip (its own crypto): not host CPU on a real line
+    chip_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,7 @@ class CardOutcome:
             "verify_apdus": self.verify_apdus,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 6),
+            "host_seconds": round(self.seconds - self.chip_seconds, 6),
         }
 
 
@@ -148,6 +151,7 @@ def personalise_card(
         verify_apdus=qa.stats.apdus,
         bytes_written=written,
         seconds=time.perf_counter() - start,
+        chip_seconds=encoder.stats.seconds + qa.stats.seconds,
     )
     return outcome, chip, verdict, plan
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from chip import pki
 from chip.random import ScriptedRandom
 
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 
 
@@ -270,7 +272,7 @@ def test_openssl_shows_the_profile_and_accepts_the_chain(
 
     def text(path: Path) -> str:
         return subprocess.run(
-            ["/usr/bin/openssl", "x509", "-noout", "-text", "-in", str(path)],
+            [OPENSSL, "x509", "-noout", "-text", "-in", str(path)],
             check=True,
             capture_output=True,
             text=True,
@@ -293,7 +295,7 @@ def test_openssl_shows_the_profile_and_accepts_the_chain(
     assert "Basic Constraints" not in ds_text
 
     verify = subprocess.run(
-        ["/usr/bin/openssl", "verify", "-CAfile", str(csca), str(ds)],
+        [OPENSSL, "verify", "-CAfile", str(csca), str(ds)],
         check=False,
         capture_output=True,
         text=True,
@@ -301,7 +303,7 @@ def test_openssl_shows_the_profile_and_accepts_the_chain(
     assert verify.returncode == 0, verify.stderr
     stranger = _write_pem(pki.create_csca(common_name="Test CSCA").certificate, tmp_path / "x.pem")
     refused = subprocess.run(
-        ["/usr/bin/openssl", "verify", "-CAfile", str(stranger), str(ds)],
+        [OPENSSL, "verify", "-CAfile", str(stranger), str(ds)],
         check=False,
         capture_output=True,
         text=True,

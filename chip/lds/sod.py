@@ -10,7 +10,7 @@ ICAO Doc 9303 Part 10 (8th ed., 2021), 4.6.2: EF.SOD is ``77 L ContentInfo``, a 
         ldsVersionInfo      LDSVersionInfo OPTIONAL }
     DataGroupHash ::= SEQUENCE { dataGroupNumber INTEGER, dataGroupHashValue OCTET STRING }
 
-Passive authentication (Part 11, 5.1) is :meth:`EFSod.verify_signature` (signature and chain) plus
+Passive authentication (Part 11) is :meth:`EFSod.verify_signature` (signature and chain) plus
 :meth:`EFSod.check_hashes` (the files read back against the signed hashes).
 
 Encoding.  asn1crypto encodes every fixed piece (OIDs, algorithm identifiers, the signer's
@@ -44,12 +44,12 @@ from chip.pki import DocumentSigner
 
 __all__ = ["OID_LDS_SECURITY_OBJECT", "EFSod", "build_sod"]
 
-#: Part 10, 4.6.2.1: id-icao-mrtd-security-ldsSecurityObject.
+#: Part 10, 4.6.2: id-icao-mrtd-security-ldsSecurityObject.
 OID_LDS_SECURITY_OBJECT = "2.23.136.1.1.1"
 # Belgian and French documents carry this pre-standard OID; JMRTD and pymrtd accept it on read.
 _LEGACY_LDS_SECURITY_OBJECT = "1.3.27.1.1.1"
 
-_MAX_DG = 16  # ub-DataGroups, Part 10 4.6.2.3
+_MAX_DG = 16  # ub-DataGroups, Part 10 4.6.2
 
 _HASHES: dict[str, Callable[[bytes], Any]] = {
     "sha1": hashlib.sha1,  # read only: legacy documents
@@ -58,7 +58,7 @@ _HASHES: dict[str, Callable[[bytes], Any]] = {
     "sha384": hashlib.sha384,
     "sha512": hashlib.sha512,
 }
-_BUILD_DIGESTS = ("sha224", "sha256", "sha384", "sha512")  # Part 12, 4.1: SHA-2 family
+_BUILD_DIGESTS = ("sha224", "sha256", "sha384", "sha512")  # new SODs: SHA-2 only
 _CRYPTO_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha224": hashes.SHA224,
@@ -84,9 +84,18 @@ _CONTENT_TYPE_ATTRIBUTE: bytes = cms.CMSAttribute(
     {"type": "content_type", "values": [OID_LDS_SECURITY_OBJECT]}
 ).dump()
 
+# What cryptography raises on a damaged certificate, beyond InvalidSignature.
+_CERTIFICATE_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
 # asn1crypto.parser classes and methods.
 _UNIVERSAL, _APPLICATION, _CONTEXT = 0, 1, 2
-_PRIMITIVE, _CONSTRUCTED = 0, 1
+_CONSTRUCTED = 1
 _INTEGER, _OCTET_STRING, _OID, _SEQUENCE, _SET = 2, 4, 6, 16, 17
 
 
@@ -150,6 +159,11 @@ class EFSod:
         return self._parsed.signed_data_der
 
     @property
+    def lds_security_object_der(self) -> bytes:
+        """The eContent: the signed LDSSecurityObject, as ``openssl cms -verify`` outputs it."""
+        return self._parsed.econtent
+
+    @property
     def version(self) -> int:
         """LDSSecurityObject version: 0, or 1 when ldsVersionInfo is present."""
         return self._parsed.version
@@ -172,25 +186,18 @@ class EFSod:
 
     @cached_property
     def ds_certificate(self) -> x509.Certificate:
-        """The Document Signer certificate the SignerInfo names (Part 10, 4.6.2.2 requires it)."""
-        der = _find_signer_certificate(self._parsed)
-        if der is None:
+        """The Document Signer certificate the SignerInfo names (Part 10, 4.6.2 requires it)."""
+        certificate = _find_signer_certificate(self._parsed)
+        if certificate is None:
             raise EncodingError(
                 "EF.SOD carries no certificate for its signer", field="certificates"
             )
         try:
-            certificate = x509.load_der_x509_certificate(der)
             # cryptography parses lazily; touch what verification uses so a damaged
             # certificate fails here, once, as malformed input.
             certificate.public_key()
             certificate.extensions  # noqa: B018
-        except (
-            ValueError,
-            UnsupportedAlgorithm,
-            x509.InvalidVersion,
-            x509.DuplicateExtension,
-            x509.UnsupportedGeneralNameType,
-        ) as exc:
+        except _CERTIFICATE_ERRORS as exc:
             raise EncodingError("malformed DS certificate", field="certificates") from exc
         return certificate
 
@@ -220,13 +227,13 @@ class EFSod:
     ) -> None:
         """Check the CMS signature and the DS certificate chain to one of ``trust_anchors``.
 
-        Checks (RFC 5652 5.3-5.6; Part 11, 5.1): SignedData v3; the SignerInfo digest algorithm is
-        among the digestAlgorithms; contentType attribute = eContentType; messageDigest attribute
-        = hash(eContent); the SignerInfo signature with the DS public key (ECDSA, RSASSA-PSS or
-        RSA PKCS#1 v1.5); the DS certificate allows digitalSignature and is signed by a CSCA in
-        ``trust_anchors`` whose name (and SKI, when the DS has an AKI) matches; both certificates
-        are valid at ``at`` (default: now).  Raises ``VerificationError`` listing every failed
-        check.
+        Checks (RFC 5652 5.3-5.6, Part 11 passive authentication): SignedData v3; the SignerInfo
+        digest algorithm is among the digestAlgorithms; contentType attribute = eContentType;
+        messageDigest attribute = hash(eContent); the SignerInfo signature with the DS public key
+        (ECDSA, RSASSA-PSS or RSA PKCS#1 v1.5); the DS certificate allows digitalSignature and is
+        signed by a CSCA in ``trust_anchors`` whose name (and SKI, when the DS has an AKI)
+        matches; both certificates are valid at ``at`` (default: now).  Raises
+        ``VerificationError`` listing every failed check.
         """
         when = datetime.now(UTC) if at is None else _aware(at, "at")
         parsed = self._parsed
@@ -260,7 +267,7 @@ def build_sod(
     """Hash the data group files exactly as given, and sign the hashes into an EF.SOD (DER).
 
     ``dg_files`` maps DG number (1-16) to the file's bytes as written to the chip, tag included;
-    at least two DGs (Part 10, 4.6.2.3: SIZE (2..ub-DataGroups)).  ``lds_version_info`` is
+    at least two DGs (Part 10, 4.6.2: SIZE (2..ub-DataGroups)).  ``lds_version_info`` is
     (ldsVersion "aabb", unicodeVersion "aabbcc") and makes the LDSSecurityObject v1.
     ``signing_time`` defaults to now.
     """
@@ -273,7 +280,7 @@ def build_sod(
     hash_function = _HASHES[digest]
     digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
 
-    # Part 10, 4.6.2.3.  DG numbers 1-16 are one-octet INTEGERs.
+    # Part 10, 4.6.2.  DG numbers 1-16 are one-octet INTEGERs.
     hash_values = _tlv(
         0x30,
         b"".join(
@@ -297,7 +304,7 @@ def build_sod(
     # RFC 5652 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
     time_choice = "utc_time" if 1950 <= when.year <= 2049 else "generalized_time"
     time_der: bytes = cms.Time(name=time_choice, value=when.replace(microsecond=0)).dump()
-    # Part 10, 4.6.2.2: contentType and messageDigest are required, signingTime optional.
+    # Part 10, 4.6.2: contentType and messageDigest are required, signingTime optional.
     # DER orders a SET OF by the encodings (X.690 11.6); the SET is what is signed (RFC 5652 5.4).
     signed_attrs = b"".join(
         sorted(
@@ -312,9 +319,8 @@ def build_sod(
             )
         )
     )
+    parts = _signer_parts(signer.certificate, signer.signature_algorithm)
     signature = signer.sign(_tlv(0x31, signed_attrs))
-
-    parts = _signer_parts(signer)
     signer_info = _tlv(
         0x30,
         b"\x02\x01\x01"  # v1: sid is issuerAndSerialNumber (RFC 5652 5.3)
@@ -326,13 +332,14 @@ def build_sod(
     )
     signed_data = _tlv(
         0x30,
-        b"\x02\x01\x03"  # v3: Part 10 4.6.2.2; RFC 5652 5.1 (eContentType is not id-data)
+        b"\x02\x01\x03"  # v3: Part 10 4.6.2; RFC 5652 5.1 (eContentType is not id-data)
         + _tlv(0x31, digest_algorithm)
         + _tlv(0x30, _tlv(_OID, _OID_LDS_SO) + _tlv(0xA0, _tlv(0x04, econtent)))
         + parts.certificates
         + _tlv(0x31, signer_info),
     )
     content_info = _tlv(0x30, _tlv(_OID, _OID_SIGNED_DATA) + _tlv(0xA0, signed_data))
+    # EFSod parses what was built: a self-check for about 0.1 ms.
     return EFSod(_tlv(0x77, content_info))
 
 
@@ -343,29 +350,20 @@ class _SignerParts:
     signature_algorithm: bytes
 
 
-_SIGNER_PARTS: dict[tuple[x509.Certificate, bytes], _SignerParts] = {}
-
-
-def _signer_parts(signer: DocumentSigner) -> _SignerParts:
-    # A batch signs thousands of SODs with one DS: encode its fixed parts once.
-    key = (signer.certificate, signer.signature_algorithm)
-    parts = _SIGNER_PARTS.get(key)
-    if parts is None:
-        certificate_der = signer.certificate.public_bytes(Encoding.DER)
-        tbs = asn1_x509.Certificate.load(certificate_der)["tbs_certificate"]
-        sid = cms.IssuerAndSerialNumber(
-            {"issuer": tbs["issuer"], "serial_number": tbs["serial_number"]}
-        )
-        algorithm = algos.SignedDigestAlgorithm.load(key[1], strict=True)
-        parts = _SignerParts(
-            certificates=_tlv(0xA0, certificate_der),
-            sid=sid.dump(),
-            signature_algorithm=algorithm.dump(force=True),
-        )
-        if len(_SIGNER_PARTS) >= 64:
-            _SIGNER_PARTS.clear()
-        _SIGNER_PARTS[key] = parts
-    return parts
+@lru_cache(maxsize=16)
+def _signer_parts(certificate: x509.Certificate, signature_algorithm: bytes) -> _SignerParts:
+    """The signer's fixed DER: a batch signs thousands of SODs with one DS, encoded once."""
+    certificate_der = certificate.public_bytes(Encoding.DER)
+    tbs = asn1_x509.Certificate.load(certificate_der)["tbs_certificate"]
+    sid = cms.IssuerAndSerialNumber(
+        {"issuer": tbs["issuer"], "serial_number": tbs["serial_number"]}
+    )
+    algorithm = algos.SignedDigestAlgorithm.load(signature_algorithm, strict=True)
+    return _SignerParts(
+        certificates=_tlv(0xA0, certificate_der),
+        sid=sid.dump(),
+        signature_algorithm=algorithm.dump(force=True),
+    )
 
 
 def _parse(raw: bytes) -> _Parsed:
@@ -411,7 +409,7 @@ def _parse_structure(raw: bytes) -> _Parsed:
     econtent = _octets(_one(encap_items[1].contents, "eContent"), "eContent")
 
     signers = _items(signer_set.contents)
-    # Part 10, 4.6.2.2 recommends a single SignerInfo; a perso line writes exactly one.
+    # Part 10, 4.6.2 recommends a single SignerInfo; a perso line writes exactly one.
     if len(signers) != 1:
         raise EncodingError("EF.SOD must carry exactly one SignerInfo", field="signerInfos")
     signer = _seq(signers[0], "SignerInfo")
@@ -478,7 +476,7 @@ def _parse_lds_security_object(econtent: bytes) -> tuple[int, str, dict[int, byt
 
 def _check_signed_attributes(parsed: _Parsed) -> list[str]:
     if parsed.signed_attrs is None:
-        return ["SignerInfo has no signedAttrs"]  # Part 10, 4.6.2.2: required
+        return ["SignerInfo has no signedAttrs"]  # Part 10, 4.6.2: required
     values = parsed.attributes
     reasons: list[str] = []
     # RFC 5652 5.3: exactly one contentType and one messageDigest, each with a single value.
@@ -594,39 +592,32 @@ def _find_issuer(
                 continue
         try:
             ds.verify_directly_issued_by(csca)
-        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        except (InvalidSignature, TypeError, *_CERTIFICATE_ERRORS):
             continue
         return csca
     return None
 
 
-def _find_signer_certificate(parsed: _Parsed) -> bytes | None:
+def _find_signer_certificate(parsed: _Parsed) -> x509.Certificate | None:
     sid = parsed.sid
+    wanted: tuple[int, bytes] | None = None
+    if sid.is_(_UNIVERSAL, _SEQUENCE):  # issuerAndSerialNumber
+        issuer, serial = _seq(sid, "IssuerAndSerialNumber", 2)
+        wanted = (_integer(serial, "serialNumber"), issuer.encoding)
+    elif not sid.is_(_CONTEXT, 0):  # nor subjectKeyIdentifier
+        raise EncodingError("malformed SignerIdentifier", field="sid")
     for der in parsed.certificates:
-        if sid.is_(_UNIVERSAL, _SEQUENCE):  # issuerAndSerialNumber
-            issuer, serial = _seq(sid, "IssuerAndSerialNumber", 2)
-            try:
-                tbs = _seq(_seq(_one(der, "Certificate"), "Certificate", 3)[0], "TBSCertificate")
-            except EncodingError:
-                continue
-            if tbs[0].is_(_CONTEXT, 0):
-                tbs.pop(0)
-            if len(tbs) > 2 and (tbs[0].encoding, tbs[2].encoding) == (
-                serial.encoding,
-                issuer.encoding,
-            ):
-                return der
-        elif sid.is_(_CONTEXT, 0):  # subjectKeyIdentifier
-            try:
-                ski = (
-                    x509.load_der_x509_certificate(der)
-                    .extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-                    .value.digest
-                )
-            except (ValueError, x509.ExtensionNotFound):
-                continue
-            if ski == sid.contents:
-                return der
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+            if wanted is not None:
+                found = (certificate.serial_number, certificate.issuer.public_bytes()) == wanted
+            else:
+                ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+                found = ski.value.digest == sid.contents
+        except (*_CERTIFICATE_ERRORS, x509.ExtensionNotFound):
+            continue
+        if found:
+            return certificate
     return None
 
 

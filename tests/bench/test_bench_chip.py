@@ -11,15 +11,20 @@ import hashlib
 import os
 
 import pytest
+from replay import Recorder, Replay, seeded
 
 from chip.apdu import CommandAPDU
 from chip.crypto.aes import aes_cbc_encrypt, aes_cmac
 from chip.crypto.des import retail_mac, tdes_encrypt
 from chip.crypto.padding import pad
 from chip.crypto.sm import AesSecureMessaging, TdesSecureMessaging
+from chip.emulator import ChipImage, ChipOS
 from chip.lds.sod import build_sod
-from chip.perso import build_plan
-from personaliser.chipstage import personalise_card
+from chip.mrz import mrz_information
+from chip.perso import build_plan, personalise
+from chip.transport.base import run_flow
+from chip.verify import read_and_verify
+from personaliser.chipstage import EXTENDED_CHUNK, personalise_card
 
 KB = bytes(range(256)) * 4
 
@@ -68,3 +73,40 @@ def test_card_crypto_floor(benchmark, keystore, applications) -> None:  # type: 
         return retail_mac(des_key, tdes_encrypt(des_key, padded8), padded=True)
 
     benchmark(floor)
+
+
+def test_card_host_side(benchmark, keystore, applications) -> None:  # type: ignore[no-untyped-def]
+    """One card's host CPU: build LDS + SOD, the perso script, the readback and its verification.
+
+    The chip's answers are recorded once and replayed, so the emulated chip's own crypto (done by
+    the chip itself on a real line) is not timed.  The host's randomness is seeded identically in
+    every round, so the replayed answers fit; a fresh EF.SOD is signed every round.
+    """
+    app = applications[0]
+    holder = app.to_holder()
+    signer = keystore.document_signer()
+    serial = b"HK" + bytes(8)
+    anchors = [keystore.csca_certificate()]
+
+    def card(transport_for_perso, transport_for_qa):  # type: ignore[no-untyped-def]
+        plan = build_plan(holder, signer)
+        host = seeded(1)
+        run_flow(personalise(plan, keystore.scp03_keys_for, rng=host, chunk_size=EXTENDED_CHUNK),
+                 transport_for_perso)  # fmt: skip
+        m = plan.mrz
+        mrz = mrz_information(m.document_number, m.date_of_birth, m.date_of_expiry)
+        verdict = run_flow(
+            read_and_verify(mrz, host, trust_anchors=anchors, expected_dg1=plan.file("DG1")),
+            transport_for_qa,
+        )
+        return verdict
+
+    chip = ChipOS(ChipImage.blank(serial, keystore.scp03_keys_for(serial)), rng=seeded(2))
+    encoder, qa = Recorder(chip), Recorder(chip)
+    assert card(encoder, qa).passed
+    chip.power_on()
+
+    def host_only():  # type: ignore[no-untyped-def]
+        return card(Replay(encoder.responses), Replay(qa.responses))
+
+    assert benchmark(host_only).passed
