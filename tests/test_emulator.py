@@ -182,3 +182,66 @@ def test_random_commands_on_a_locked_chip_write_nothing(cla, ins, p1, p2, data, 
     )
     assert reply.sw != SW.UNKNOWN
     assert image.to_json() == before
+
+
+def test_status_words_of_a_locked_chip(keystore, applications) -> None:  # type: ignore[no-untyped-def]
+    chip, _plan, mrz = personalised(keystore, applications[0])
+    assert (
+        send(chip, CommandAPDU(0x00, 0xA4, 0x04, 0x0C, bytes.fromhex("A0000000031010"))).sw
+        == 0x6A82
+    )
+    select_app(chip)
+    assert send(chip, CommandAPDU(0x00, 0x84, 0x00, 0x00, ne=4)).sw == 0x6700
+    run_flow(select_flow(), chip)
+    sm = run_flow(bac(mrz, os.urandom), chip)
+    # 6A82 under SM for a file that does not exist (DG5).
+    reply = sm.unwrap_response(send(chip, sm.wrap_command(CommandAPDU(0, 0xB0, 0x85, 0, ne=4))))
+    assert reply.sw == 0x6A82
+    # 6986: no current EF after that; then 6B00 for an offset beyond the end of DG1.
+    reply = sm.unwrap_response(send(chip, sm.wrap_command(CommandAPDU(0, 0xB0, 0x00, 0, ne=4))))
+    assert reply.sw == 0x6986
+    reply = sm.unwrap_response(send(chip, sm.wrap_command(CommandAPDU(0, 0xB0, 0x81, 0, ne=4))))
+    assert reply.sw == 0x9000
+    reply = sm.unwrap_response(send(chip, sm.wrap_command(CommandAPDU(0, 0xB0, 0x7F, 0, ne=4))))
+    assert reply.sw == 0x6B00
+    # 6988: a protected command with a wrong MAC ends the session.
+    wrapped = sm.wrap_command(CommandAPDU(0, 0xB0, 0x81, 0, ne=4)).to_bytes()
+    tampered = wrapped[:-3] + bytes([wrapped[-3] ^ 1]) + wrapped[-2:]
+    assert ResponseAPDU.from_bytes(chip.transmit(tampered)).sw == 0x6988
+    assert send(chip, CommandAPDU(0x0C, 0xB0, 0x81, 0, b"\x97\x01\x04", ne=256)).sw == 0x6987
+
+
+def test_scp03_refuses_wrong_keys_and_unauthenticated_commands() -> None:
+    from chip.errors import AuthenticationError
+    from chip.protocols.scp03 import SecurityLevel, open_scp03
+
+    chip = ChipOS(ChipImage.blank(SERIAL, KEYS))
+    select_app(chip)
+    wrong = StaticKeys(enc=bytes(16), mac=bytes(16), dek=bytes(16))
+    level = SecurityLevel.C_MAC | SecurityLevel.C_DECRYPTION
+    try:
+        run_flow(open_scp03(wrong, security_level=level, rng=os.urandom), chip)
+    except AuthenticationError:
+        pass
+    else:
+        raise AssertionError("SCP03 opened with the wrong static keys")
+    # A C-MAC'd command without a session is refused, and nothing was created.
+    assert send(chip, CommandAPDU(0x04, 0xE0, 0, 0, bytes(16))).sw == 0x6982
+    assert chip.image.app_files == {}
+
+
+def test_timing_model_accumulates_modeled_time(keystore, applications) -> None:  # type: ignore[no-untyped-def]
+    from chip.emulator import TimingModel
+
+    slept: list[float] = []
+    plan = build_plan(applications[0].to_holder(), keystore.document_signer())
+    chip = ChipOS(
+        ChipImage.blank(SERIAL, KEYS),
+        timing=TimingModel(per_apdu_s=0.004, per_byte_written_s=0.00001),
+        sleep=slept.append,
+    )
+    result = run_flow(personalise(plan, KEYS, rng=os.urandom), chip)
+    expected = 0.004 * chip.stats.apdus + 0.00001 * result.bytes_written
+    assert abs(chip.stats.modeled_seconds - expected) < 1e-9
+    assert abs(sum(slept) - expected) < 1e-9
+    assert chip.stats.bytes_written == result.bytes_written == sum(len(f.data) for f in plan.files)
