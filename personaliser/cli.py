@@ -47,7 +47,8 @@ def _summary(report_dict: dict[str, object], out_dir: Path) -> str:
         f"passed / failed    : {report_dict['cards_passed']} / {report_dict['cards_failed']}",
         f"records rejected   : {report_dict['applications_rejected']}",
         f"wall time          : {report_dict['seconds']} s",
-        f"CPU per card       : {report_dict['cpu_ms_per_card']} ms",
+        f"CPU per card       : {report_dict['cpu_ms_per_card']} ms (all work incl. emulated chips"
+        f" and files; host share {report_dict['host_ms_per_card']} ms)",
         f"report             : {out_dir / 'report.json'}",
     ]
     return "\n".join(lines)
