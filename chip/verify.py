@@ -19,7 +19,8 @@ from datetime import datetime
 
 from cryptography import x509
 
-from chip.errors import ChipError, VerificationError
+from chip.apdu import SW
+from chip.errors import AuthenticationError, ChipError, StatusWordError, VerificationError
 from chip.lds.com import EFCom
 from chip.lds.sod import EFSod
 from chip.lds.tags import EF_TABLE, by_name, by_tag
@@ -37,6 +38,8 @@ class Verdict:
     passed: bool
     reasons: tuple[str, ...]
     readout: CardReadout
+    #: BAC was refused (wrong MRZ): nothing could be read
+    access_denied: bool = False
 
     def __repr__(self) -> str:
         return f"Verdict(passed={self.passed}, reasons={self.reasons})"
@@ -97,7 +100,9 @@ def read_and_verify(
     except ChipError as exc:
         step = getattr(exc, "step", None)
         where = f" at {step}" if step else ""
-        return Verdict(
-            False, (f"readback failed{where}: {type(exc).__name__}: {exc}",), CardReadout()
+        denied = isinstance(exc, AuthenticationError) or (
+            isinstance(exc, StatusWordError) and exc.sw == SW.VERIFICATION_FAILED
         )
+        reason = f"readback failed{where}: {type(exc).__name__}: {exc}"
+        return Verdict(False, (reason,), CardReadout(), access_denied=denied)
     return verify_readout(readout, trust_anchors=trust_anchors, expected_dg1=expected_dg1, at=at)

@@ -49,6 +49,7 @@ class CardOutcome:
     seconds: float
     #: time spent inside the emulated chip (its own crypto): not host CPU on a real line
     chip_seconds: float = 0.0
+    reader: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class CardOutcome:
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 6),
             "host_seconds": round(self.seconds - self.chip_seconds, 6),
+            **({"reader": self.reader} if self.reader is not None else {}),
         }
 
 
