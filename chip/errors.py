@@ -10,7 +10,10 @@
     │   ├── AuthenticationError   BAC / SCP03 cryptogram or challenge mismatch
     │   └── StatusWordError       the card answered an unexpected status word; carries ``sw``
     ├── VerificationError         passive authentication or readback failed; carries ``reasons``
-    └── TransportError            card removed, reader gone, connection dropped
+    └── TransportError            card removed, reader gone, connection dropped; carries ``reader``
+        ├── CardRemovedError      no card in the reader, or it was removed or reset under us
+        ├── ReaderGoneError       the reader (or the PC/SC service itself) is not there
+        └── CardMuteError         the card does not answer (reader timeout, transmission failed)
 
 Caller misuse (wrong key length, impossible argument) is ``ValueError`` / ``TypeError``, as in the
 standard library.  Foreign exceptions are mapped at the boundary with ``raise ... from exc``.
@@ -21,10 +24,13 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "CardMuteError",
+    "CardRemovedError",
     "CardSecureMessagingError",
     "ChipError",
     "EncodingError",
     "ProtocolError",
+    "ReaderGoneError",
     "SecureMessagingError",
     "StatusWordError",
     "TransportError",
@@ -94,3 +100,15 @@ class TransportError(ChipError):
     def __init__(self, message: str, *, reader: str | None = None) -> None:
         super().__init__(message)
         self.reader = reader
+
+
+class CardRemovedError(TransportError):
+    """No card in the reader, or the card was removed or reset: its volatile state is lost."""
+
+
+class ReaderGoneError(TransportError):
+    """The reader is unknown or unavailable, or the PC/SC service is not running."""
+
+
+class CardMuteError(TransportError):
+    """The card did not answer: the reader timed out or could not complete the exchange."""

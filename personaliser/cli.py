@@ -8,9 +8,12 @@ were rejected (see the report).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from chip.errors import ChipError
 from personaliser.errors import PersoError
@@ -62,22 +65,97 @@ def _exit_for(report_dict: dict[str, object]) -> int:
     return EXIT_OK
 
 
-def _cmd_chip_personalise(args: argparse.Namespace) -> int:
+def _read_intake(path: str) -> list[Any] | None:
     from personaliser.applications import Rejection, read_applications
-    from personaliser.chipstage import run_chip_stage
-    from personaliser.keystore import FileKeystore
 
-    keystore = FileKeystore(args.keys)
-    source = Path(args.applications)
+    source = Path(path)
     if not source.is_file():
         print(f"perso: applications file not found: {source}", file=sys.stderr)
-        return EXIT_USAGE
-    items = list(read_applications(source))
+        return None
+    items: list[Any] = list(read_applications(source))
     for item in items:
         if isinstance(item, Rejection):
             print(
                 f"rejected: line {item.line}: field '{item.field}': {item.reason}", file=sys.stderr
             )
+    return items
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _personalise_on_readers(args: argparse.Namespace, items: list[Any]) -> int:
+    from chip.pki import save_certificate
+    from chip.transport.pcsc import PcscTransport, list_readers
+    from personaliser.applications import Application, Rejection
+    from personaliser.heads import run_head_pool
+    from personaliser.keystore import FileKeystore
+
+    keystore = FileKeystore(args.keys)
+    names = list_readers(args.readers)
+    if not names:
+        print(f"perso: no PC/SC reader matches {args.readers!r}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"encoder heads: {len(names)} ({', '.join(names)})", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pki").mkdir(exist_ok=True)
+    for name, cert in (
+        ("csca.pem", keystore.csca_certificate()),
+        ("ds.pem", keystore.ds_certificate()),
+    ):
+        (out / "pki" / name).unlink(missing_ok=True)
+        save_certificate(cert, out / "pki" / name)
+    apps = [i for i in items if isinstance(i, Application)]
+    rejected = [i for i in items if isinstance(i, Rejection)]
+    transports = [PcscTransport(name, timeout_s=args.card_timeout) for name in names]
+    report = run_head_pool(
+        apps,
+        transports,
+        keystore,
+        out,
+        extended_reads=args.extended,
+        chunk_size=4096 if args.extended else 239,
+    )
+    for t in transports:
+        t.close()
+    data = report.as_dict()
+    data["rejections"] = [r.as_dict() for r in rejected]
+    data["applications_rejected"] = len({r.line for r in rejected})
+    data["cards_requested"] += data["applications_rejected"]
+    _write_json(out / "report.json", data)
+    for head in data["heads"]:
+        state = "in service" if head["in_service"] else f"OUT: {head['out_of_service_reason']}"
+        print(
+            f"  {head['reader']}: {head['passed']} passed, {head['spoiled']} spoiled, "
+            f"mean APDU {head['mean_apdu_ms']} ms, {state}"
+        )
+    for spoil in data["spoil_log"]:
+        print(f"spoiled blank on {spoil['reader']} ({spoil['application_id']}): {spoil['reason']}")
+    if data["not_done"]:
+        print(f"NOT DONE: {len(data['not_done'])} application(s): {', '.join(data['not_done'])}")
+    print(
+        f"cards passed: {data['cards_passed']} of {len(apps)}; blanks spoiled: "
+        f"{data['stock']['spoiled']}; report: {out / 'report.json'}"
+    )
+    if data["not_done"] or data["cards_failed"]:
+        return EXIT_CARD_FAILED
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _cmd_chip_personalise(args: argparse.Namespace) -> int:
+    from personaliser.chipstage import run_chip_stage
+    from personaliser.keystore import FileKeystore
+
+    items = _read_intake(args.applications)
+    if items is None:
+        return EXIT_USAGE
+    if args.readers is not None:
+        return _personalise_on_readers(args, items)
+    keystore = FileKeystore(args.keys)
     report = run_chip_stage(items, keystore, Path(args.out))
     data = report.as_dict()
     for card in report.cards:
@@ -85,6 +163,56 @@ def _cmd_chip_personalise(args: argparse.Namespace) -> int:
             print(f"FAILED {card.application_id} ({card.card_id}): {'; '.join(card.reasons)}")
     print(_summary(data, Path(args.out)))
     return _exit_for(data)
+
+
+def _cmd_chip_serve(args: argparse.Namespace) -> int:
+    from personaliser.serve import serve_blanks_command, serve_image_command
+
+    if args.image is not None:
+        return serve_image_command(Path(args.image), host=args.host, port=args.port)
+    if args.keys is None or args.out is None:
+        print("perso: --blanks needs --keys and --out", file=sys.stderr)
+        return EXIT_USAGE
+    return serve_blanks_command(
+        args.blanks, args.first_port, Path(args.keys), Path(args.out), host=args.host
+    )
+
+
+def _cmd_chip_read(args: argparse.Namespace) -> int:
+    from chip.pki import load_certificate
+    from chip.transport.pcsc import PcscTransport
+    from personaliser.applications import Application
+    from personaliser.reading import (
+        MrzKey,
+        describe,
+        mrz_keys_from_applications,
+        read_with_mrz,
+        save_files,
+    )
+
+    if args.mrz_from is not None:
+        items = _read_intake(args.mrz_from)
+        if items is None:
+            return EXIT_USAGE
+        keys = mrz_keys_from_applications(i for i in items if isinstance(i, Application))
+    elif args.doc and args.dob and args.expiry:
+        keys = [MrzKey(args.doc.upper(), args.dob, args.expiry)]
+    else:
+        print("perso: give --mrz-from FILE or all of --doc, --dob, --expiry", file=sys.stderr)
+        return EXIT_USAGE
+    csca = Path(args.csca) if args.csca else Path(args.keys or "") / "csca.pem"
+    if not csca.is_file():
+        print(f"perso: CSCA certificate not found: {csca} (give --csca or --keys)", file=sys.stderr)
+        return EXIT_USAGE
+    with PcscTransport(args.reader, timeout_s=args.card_timeout) as reader:
+        result = read_with_mrz(reader, keys, trust_anchors=[load_certificate(csca)])
+    for line in describe(result):
+        print(line)
+    if result.verdict is None:
+        return EXIT_CARD_FAILED
+    if args.out:
+        save_files(result.verdict, Path(args.out))
+    return EXIT_OK if result.verdict.passed else EXIT_CARD_FAILED
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -139,7 +267,39 @@ def build_parser() -> argparse.ArgumentParser:
     pers.add_argument("--applications", required=True, help="approved applications (JSONL)")
     pers.add_argument("--keys", required=True, help="keystore directory (perso keys init)")
     pers.add_argument("--out", required=True, help="output directory")
+    pers.add_argument(
+        "--readers",
+        metavar="NAME-SUBSTRING",
+        help="personalise through every PC/SC reader whose name contains this (one head each)",
+    )
+    pers.add_argument(
+        "--extended", action="store_true", help="use extended-length APDUs on the readers"
+    )
+    pers.add_argument("--card-timeout", type=float, default=5.0, help="seconds to wait for a blank")
     pers.set_defaults(func=_cmd_chip_personalise)
+
+    serve = chip_sub.add_parser("serve", help="present chip images in vpcd virtual readers")
+    what = serve.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="one chip image, written back on exit")
+    what.add_argument("--blanks", type=int, help="a feeder of N fresh blanks on N readers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=35963, help="vpcd port (with --image)")
+    serve.add_argument("--first-port", type=int, default=35963, help="first port (with --blanks)")
+    serve.add_argument("--keys", help="keystore (with --blanks: the blanks' SCP03 keys)")
+    serve.add_argument("--out", help="where finished and spoiled cards go (with --blanks)")
+    serve.set_defaults(func=_cmd_chip_serve)
+
+    read = chip_sub.add_parser("read", help="read and verify a card like a border reader")
+    read.add_argument("--reader", required=True, help="PC/SC reader name")
+    read.add_argument("--mrz-from", help="applications (JSONL) whose MRZs are tried in turn")
+    read.add_argument("--doc", help="document number")
+    read.add_argument("--dob", help="date of birth YYMMDD")
+    read.add_argument("--expiry", help="date of expiry YYMMDD")
+    read.add_argument("--csca", help="trusted CSCA certificate (PEM)")
+    read.add_argument("--keys", help="keystore whose csca.pem is trusted")
+    read.add_argument("--out", help="save the files read into this directory")
+    read.add_argument("--card-timeout", type=float, default=5.0)
+    read.set_defaults(func=_cmd_chip_read)
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults")
     demo.add_argument("--cards", type=int, default=20)

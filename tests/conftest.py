@@ -27,3 +27,55 @@ def applications():  # type: ignore[no-untyped-def]
     from personaliser.synth import synth_applications
 
     return list(synth_applications(5, seed=7))
+
+
+# -- the real PC/SC stack: our own pcscd with vpcd readers (tests/pcscd.py) ----------------------
+
+#: Slots of the session's pcscd (starting pcscd is the slow part; tests lease slots from it).
+PCSC_TEST_READERS = 8
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Our own pcscd with PCSC_TEST_READERS vpcd slots; fails (never skips) if one is running."""
+    from tests.pcscd import PcscdError, make_pcscd
+
+    daemon = make_pcscd(PCSC_TEST_READERS, tmp_path_factory.mktemp("pcscd"))
+    problem = None
+    try:
+        daemon.start()
+    except PcscdError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def reader_pool(pcscd):  # type: ignore[no-untyped-def]
+    from tests.pcscd import ReaderPool
+
+    return ReaderPool(pcscd)
+
+
+@pytest.fixture
+def vreader(reader_pool):  # type: ignore[no-untyped-def]
+    """One vpcd slot (reader name, card port) to this test alone; it must leave it empty."""
+    with reader_pool.lease() as (slot,):
+        yield slot
+
+
+@pytest.fixture
+def vcard(vreader):  # type: ignore[no-untyped-def]
+    """A started VirtualCardSocket on the leased slot; insert cards into it. Stopped afterwards."""
+    from chip.transport.vpcd import VirtualCardSocket
+
+    link = VirtualCardSocket("127.0.0.1", vreader.port, mute_timeout_s=0.5)
+    link.start()
+    try:
+        yield link
+    finally:
+        link.stop()
