@@ -32,6 +32,14 @@ def _cmd_keys_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys_add_data_key(args: argparse.Namespace) -> int:
+    from personaliser.keystore import FileKeystore
+
+    FileKeystore.add_data_key(args.dir)
+    print(f"data key added to {args.dir}")
+    return EXIT_OK
+
+
 def _cmd_applications_synth(args: argparse.Namespace) -> int:
     from personaliser.synth import synth_applications
 
@@ -215,6 +223,145 @@ def _cmd_chip_read(args: argparse.Namespace) -> int:
     return EXIT_OK if result.verdict.passed else EXIT_CARD_FAILED
 
 
+def _home(args: argparse.Namespace) -> Any:
+    from personaliser.operations import Home
+
+    return Home.resolve(getattr(args, "home", None))
+
+
+def _cmd_applications_import(args: argparse.Namespace) -> int:
+    from personaliser.operations import import_applications
+
+    home = _home(args)
+    source = Path(args.file)
+    if not source.is_file():
+        print(f"perso: applications file not found: {source}", file=sys.stderr)
+        return EXIT_USAGE
+    keystore = home.ensure()
+    with home.open_store(keystore) as store:
+        counts, rejections = import_applications(store, source)
+    for r in rejections:
+        print(f"rejected: line {r.line}: field '{r.field}': {r.reason}", file=sys.stderr)
+    print(
+        f"imported {source}: {counts.new} new, {counts.duplicate} already known, "
+        f"{counts.conflicting} conflicting (kept the stored record), {counts.rejected} rejected"
+    )
+    return EXIT_REJECTED if counts.rejected else EXIT_OK
+
+
+def _line_config_for_plan(args: argparse.Namespace) -> Any:
+    from scheduler import LineConfig
+
+    return LineConfig(
+        cards_per_hour=args.cards_per_hour,
+        hours_per_day=args.hours_per_day,
+        tray_size=args.tray_size,
+    )
+
+
+def _today(args: argparse.Namespace) -> Any:
+    from datetime import date
+
+    return date.fromisoformat(args.today) if args.today else date.today()
+
+
+def _start(args: argparse.Namespace) -> Any:
+    from personaliser.operations import start_of
+
+    return start_of(_today(args)) if args.today else None
+
+
+def _print_plan(the_plan: Any, capacity: Any) -> None:
+    print(f"{'batch':<28} {'office':<10} {'due':<10} {'prio':<8} {'cards':>5}  ready")
+    ready = {s.batch_id: s for s in capacity.schedule}
+    for b in the_plan.batches:
+        s = ready.get(b.batch_id)
+        when = s.ready.strftime("%Y-%m-%d %H:%M") if s is not None else "-"
+        risk = "  AT RISK" if s is not None and s.at_risk else ""
+        print(
+            f"{b.batch_id:<28} {b.office:<10} {b.due_date.isoformat():<10} "
+            f"{b.priority.name.lower():<8} {len(b.items):>5}  {when}{risk}"
+        )
+    for d in the_plan.deferred:
+        print(f"deferred {d.item.application_id}: {d.reason.value}")
+    print(
+        f"{the_plan.cards} cards in {len(the_plan.batches)} batches; at risk: {len(capacity.at_risk)}"
+    )
+
+
+def _cmd_batch_plan(args: argparse.Namespace) -> int:
+    from personaliser.operations import plan
+
+    home = _home(args)
+    with home.open_store() as store:
+        the_plan, capacity = plan(
+            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args)
+        )
+    _print_plan(the_plan, capacity)
+    return EXIT_OK
+
+
+def _cmd_batch_start(args: argparse.Namespace) -> int:
+    from personaliser.operations import plan, start_batches
+
+    if not args.all and not args.batch:
+        print("perso: give --batch ID (repeatable) or --all", file=sys.stderr)
+        return EXIT_USAGE
+    home = _home(args)
+    with home.open_store() as store:
+        the_plan, _capacity = plan(
+            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args)
+        )
+        try:
+            queued = start_batches(store, the_plan, None if args.all else args.batch)
+        except ValueError as exc:
+            print(f"perso: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    for batch_id, n in queued.items():
+        print(f"queued {n} cards of {batch_id}")
+    return EXIT_OK
+
+
+def _cmd_batch_status(args: argparse.Namespace) -> int:
+    from personaliser.lifecycle import State
+    from personaliser.operations import status
+
+    home = _home(args)
+    with home.open_store() as store:
+        rows = status(store)
+    shown = [State.QUEUED, State.ENCODING, State.PRINTING, State.VERIFYING, State.PASSED,
+             State.SPOILED, State.DISPATCHED]  # fmt: skip
+    header = " ".join(f"{s.value[:8]:>8}" for s in shown)
+    print(f"{'batch':<28} {'office':<10} {'due':<10} {'cards':>5} {header}")
+    for row in rows:
+        cells = " ".join(f"{row.counts.get(s, 0):>8}" for s in shown)
+        print(
+            f"{row.batch_id:<28} {row.office:<10} {row.due_date.isoformat():<10} "
+            f"{row.total:>5} {cells}"
+        )
+    return EXIT_OK
+
+
+def _cmd_stock_report(args: argparse.Namespace) -> int:
+    from personaliser.operations import stock_report
+
+    home = _home(args)
+    with home.open_store() as store:
+        report = stock_report(store)
+    print(
+        f"{'batch':<28} {'issued':>7} {'good':>6} {'spoiled':>8} {'samples':>8} {'returned':>9} ok"
+    )
+    unbalanced = 0
+    for batch_id, s in report.items():
+        ok = "yes" if s.balanced else "NO"
+        unbalanced += not s.balanced
+        print(
+            f"{batch_id:<28} {s.issued:>7} {s.good:>6} {s.spoiled:>8} {s.samples:>8} "
+            f"{s.returned:>9} {ok}"
+        )
+    return EXIT_CARD_FAILED if unbalanced else EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from personaliser.applications import read_applications
     from personaliser.chipstage import run_chip_stage
@@ -253,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="signature algorithm of the CSCA and Document Signer",
     )
     init.set_defaults(func=_cmd_keys_init)
+    add_dk = keys.add_parser("add-data-key", help="provision the store's data key in a keystore")
+    add_dk.add_argument("--dir", required=True)
+    add_dk.set_defaults(func=_cmd_keys_add_data_key)
 
     apps = sub.add_parser("applications", help="approved applications")
     apps_sub = apps.add_subparsers(dest="action", required=True)
@@ -300,6 +450,43 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--out", help="save the files read into this directory")
     read.add_argument("--card-timeout", type=float, default=5.0)
     read.set_defaults(func=_cmd_chip_read)
+
+    imp = apps_sub.add_parser("import", help="validate and store approved applications (JSONL)")
+    imp.add_argument("file")
+    imp.add_argument(
+        "--home", help="line home (keys/, perso.db); default $PERSO_HOME or ./perso-home"
+    )
+    imp.set_defaults(func=_cmd_applications_import)
+
+    batch = sub.add_parser("batch", help="batches of cards").add_subparsers(
+        dest="action", required=True
+    )
+    for name, func, text in (
+        (
+            "plan",
+            _cmd_batch_plan,
+            "plan approved applications into batches; show the capacity plan",
+        ),
+        ("start", _cmd_batch_start, "queue batches for the line"),
+    ):
+        cmd = batch.add_parser(name, help=text)
+        cmd.add_argument("--home")
+        cmd.add_argument("--today", help="planning date YYYY-MM-DD (default: today)")
+        cmd.add_argument("--tray-size", type=int, default=50)
+        cmd.add_argument("--cards-per-hour", type=float, default=1000)
+        cmd.add_argument("--hours-per-day", type=float, default=8)
+        if name == "start":
+            cmd.add_argument("--batch", action="append", help="batch id (repeatable)")
+            cmd.add_argument("--all", action="store_true")
+        cmd.set_defaults(func=func)
+    st = batch.add_parser("status", help="cards per state for every batch")
+    st.add_argument("--home")
+    st.set_defaults(func=_cmd_batch_status)
+
+    stock = sub.add_parser("stock", help="blank stock").add_subparsers(dest="action", required=True)
+    rep = stock.add_parser("report", help="issued = good + spoiled + samples + returned, per batch")
+    rep.add_argument("--home")
+    rep.set_defaults(func=_cmd_stock_report)
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults")
     demo.add_argument("--cards", type=int, default=20)

@@ -10,6 +10,7 @@ silently replaced)::
     csca.pem  csca.key   country signing CA (certificate, private key)
     ds.pem    ds.key     Document Signer
     perso-master.key     perso master key (hex), the root of the per-chip SCP03 keys
+    data.key             data key (hex, 32 bytes): seals personal data at rest in the store
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from personaliser.errors import KeystoreError
 __all__ = ["FileKeystore", "Keystore", "KeystoreError"]
 
 MASTER_KEY_BYTES = 16  # AES-128 static keys, as the SCP03 traces in chip-vectors §9.1
+DATA_KEY_BYTES = 32  # AES-256-GCM for personal data at rest (personaliser.store.crypto)
 
 
 class Keystore(Protocol):
@@ -50,6 +52,8 @@ class Keystore(Protocol):
     def ds_certificate(self) -> x509.Certificate: ...
 
     def scp03_keys_for(self, kdd: bytes) -> StaticKeys: ...
+
+    def data_key(self) -> bytes: ...
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -109,7 +113,13 @@ class FileKeystore:
         save_private_key(ds.private_key, root / "ds.key")
         save_certificate(ds.certificate, root / "ds.pem")
         _write_secret(root / "perso-master.key", os.urandom(MASTER_KEY_BYTES).hex().encode())
+        cls.add_data_key(root)
         return cls(root)
+
+    @staticmethod
+    def add_data_key(path: str | os.PathLike[str]) -> None:
+        """Provision the store's data key in a keystore made before it existed; never replaces one."""
+        _write_secret(Path(path) / "data.key", os.urandom(DATA_KEY_BYTES).hex().encode())
 
     def csca_certificate(self) -> x509.Certificate:
         return self._csca
@@ -122,6 +132,23 @@ class FileKeystore:
             key = load_private_key(self.path / "ds.key")
             self._signer = LocalDocumentSigner(Credential(key, self._ds))
         return self._signer
+
+    def data_key(self) -> bytes:
+        """The key that seals personal data in the store (AES-256-GCM)."""
+        path = self.path / "data.key"
+        if not path.is_file():
+            raise KeystoreError(
+                f"{self.path} has no data.key; add one with: perso keys add-data-key --dir {self.path}"
+            )
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeystoreError(f"data.key in {self.path} is readable by others (must be 0600)")
+        try:
+            key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except ValueError as exc:
+            raise KeystoreError("data.key is not hex") from exc
+        if len(key) != DATA_KEY_BYTES:
+            raise KeystoreError("data.key must hold 32 bytes")
+        return key
 
     def scp03_keys_for(self, kdd: bytes) -> StaticKeys:
         """The static SCP03 keys of the chip whose key diversification data is ``kdd``."""
