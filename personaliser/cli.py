@@ -362,6 +362,18 @@ def _cmd_stock_report(args: argparse.Namespace) -> int:
     return EXIT_CARD_FAILED if unbalanced else EXIT_OK
 
 
+def _cmd_print_proof(args: argparse.Namespace) -> int:
+    from personaliser.faces import write_application_proofs
+
+    files, rejected = write_application_proofs(
+        args.applications, args.out, layout=args.layout, dpi=args.dpi
+    )
+    for r in rejected:
+        print(f"rejected: line {r.line}: field '{r.field}': {r.reason}", file=sys.stderr)
+    print(f"proofs of {len(files)} card(s) in {Path(args.out) / 'cards'}")
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from personaliser.applications import read_applications
     from personaliser.chipstage import run_chip_stage
@@ -487,6 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = stock.add_parser("report", help="issued = good + spoiled + samples + returned, per batch")
     rep.add_argument("--home")
     rep.set_defaults(func=_cmd_stock_report)
+
+    printing = sub.add_parser("print", help="card faces").add_subparsers(
+        dest="action", required=True
+    )
+    proof = printing.add_parser("proof", help="front.png and back.png of every application")
+    proof.add_argument("--applications", required=True)
+    proof.add_argument("--out", required=True)
+    proof.add_argument("--layout", default="hkid-2018", help="built-in layout name or a TOML file")
+    proof.add_argument("--dpi", type=int, default=300)
+    proof.set_defaults(func=_cmd_print_proof)
 
     demo = sub.add_parser("demo", help="run the main job on embedded defaults")
     demo.add_argument("--cards", type=int, default=20)
