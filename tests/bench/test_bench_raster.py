@@ -101,7 +101,7 @@ def test_render_and_raster_600dpi(benchmark) -> None:  # type: ignore[no-untyped
 
     raster.warm_up()
     layout = load_layout("hkid-2018")
-    faces = proof_faces(list(synth_applications(4, seed=5)))
+    faces = list(proof_faces(list(synth_applications(4, seed=5))))
     render_front(faces[0], layout, dpi=DPI)  # the static layer is built once per layout and dpi
     turn = iter(range(10**9))
 
