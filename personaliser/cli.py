@@ -375,24 +375,15 @@ def _cmd_print_proof(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from personaliser.applications import read_applications
-    from personaliser.chipstage import run_chip_stage
-    from personaliser.keystore import FileKeystore
-    from personaliser.synth import synth_applications
+    from personaliser.linecli import demo
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    keys_dir = out / "keys"
-    keystore = FileKeystore(keys_dir) if keys_dir.exists() else FileKeystore.init(keys_dir)
-    apps_file = out / "applications.jsonl"
-    with apps_file.open("w", encoding="utf-8") as fh:
-        for app in synth_applications(args.cards, seed=args.seed):
-            fh.write(app.to_json_line() + "\n")
-    print(f"demo: {args.cards} synthetic applications in {apps_file}")
-    report = run_chip_stage(read_applications(apps_file), keystore, out)
-    data = report.as_dict()
-    print(_summary(data, out))
-    return _exit_for(data)
+    return demo(args.cards, args.out, args.seed, args.metrics_port)
+
+
+def _cmd_line_run(args: argparse.Namespace) -> int:
+    from personaliser.linecli import line_run
+
+    return line_run(args.home, args.config, args.out, args.metrics_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cards", type=int, default=20)
     demo.add_argument("--out", default="demo-out")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+
+    line = sub.add_parser("line", help="the personalisation line").add_subparsers(
+        dest="action", required=True
+    )
+    run = line.add_parser(
+        "run", help="run every queued card through the line (resumes after a crash)"
+    )
+    run.add_argument("--home")
+    run.add_argument("--config", help="line.toml (default: an in-process line)")
+    run.add_argument("--out", help="output directory (default: HOME/out)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    run.set_defaults(func=_cmd_line_run)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,0 +1,149 @@
+"""``perso line run`` and ``perso demo``: the line driven from the command line, with a live progress line.
+
+Kept apart from ``personaliser.cli`` so that ``perso --help`` does not import the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, TextIO
+
+from personaliser.line import LineControl, LineProgress, load_line_config, run_line
+from personaliser.metrics import LineMetrics, serve_metrics
+from personaliser.operations import Home, import_applications, plan, start_batches, start_of
+from personaliser.synth import synth_applications
+from scheduler import LineConfig
+
+__all__ = ["demo", "line_run"]
+
+
+class ProgressLine:
+    """One self-overwriting terminal line: cards done, cards/hour, ETA, rejects."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+        self.last = ""
+
+    def __call__(self, p: LineProgress) -> None:
+        eta = f"{p.eta_s:5.0f} s" if p.eta_s is not None else "   --"
+        done = p.passed + p.spoiled
+        width = 30
+        filled = int(width * p.passed / p.requested) if p.requested else width
+        bar = "#" * filled + "." * (width - filled)
+        self.last = (
+            f"[{bar}] {p.passed}/{p.requested} passed, {p.spoiled} spoiled, "
+            f"{p.cards_per_hour:8.0f} cards/h, ETA {eta}, {p.state}"
+        )
+        if self.live:
+            self.stream.write("\r" + self.last)
+            self.stream.flush()
+        elif done and done % 50 == 0:
+            self.stream.write(self.last + "\n")
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+        elif self.last:
+            self.stream.write(self.last + "\n")
+
+
+def _write_report(out: Path, data: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
+
+
+async def _run(home: Home, config_path: str | None, out: Path, metrics_port: int | None) -> Any:
+    keystore = home.keystore()
+    settings = load_line_config(config_path)
+    control = LineControl()
+    metrics = LineMetrics()
+    if metrics_port is not None:
+        serve_metrics(metrics, metrics_port)
+    progress = ProgressLine()
+    loop = asyncio.get_running_loop()
+    remove = control.install_signal_handlers(loop)
+    try:
+        with home.open_store(keystore) as store:
+            report = await run_line(
+                store,
+                keystore,
+                settings,
+                out_dir=out,
+                observer=metrics,
+                control=control,
+                progress=progress,
+            )
+    finally:
+        remove()
+        progress.close()
+    return report
+
+
+def line_run(
+    home_path: str | None, config: str | None, out: str | None, metrics_port: int | None
+) -> int:
+    """Run the line over every QUEUED card; resumes after a crash (recovery runs first)."""
+    home = Home.resolve(home_path)
+    target = Path(out) if out else home.path / "out"
+    report = asyncio.run(_run(home, config, target, metrics_port))
+    data = report.as_dict()
+    _write_report(target, data)
+    print(
+        f"line {data.get('ended', 'done')}: {data['cards_passed']} passed, "
+        f"{data['cards_spoiled']} spoiled, {data.get('throughput_cards_per_hour')} cards/h; "
+        f"report: {target / 'report.json'}"
+    )
+    return 0 if not data.get("cards_held") else 1
+
+
+def demo(cards: int, out: str, seed: int, metrics_port: int | None = None) -> int:
+    """The main job on embedded defaults: keys, synthetic applications, plan, the whole line."""
+    root = Path(out)
+    home = Home(root / "home")
+    keystore = home.ensure()
+    # Each demo starts from an empty line (the keys are kept): a re-run shows the whole job again.
+    for leftover in (home.db, home.db.with_name("perso.db-wal"), home.db.with_name("perso.db-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(root / "cards", ignore_errors=True)
+    apps_file = root / "applications.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    with apps_file.open("w", encoding="utf-8") as fh:
+        for app in synth_applications(cards, seed=seed):
+            fh.write(app.to_json_line() + "\n")
+    print(f"demo: {cards} synthetic applications in {apps_file}")
+    today = date(2026, 11, 2)  # the synthetic applications' approval day
+    with home.open_store(keystore) as store:
+        counts, rejections = import_applications(store, apps_file)
+        the_plan, capacity = plan(
+            store, today=today, line=LineConfig(cards_per_hour=1000, hours_per_day=8, tray_size=50),
+            start=start_of(today),
+        )  # fmt: skip
+        queued = start_batches(store, the_plan, None)
+    print(
+        f"intake: {counts.new} new, {counts.duplicate} known, {len(rejections)} rejected; "
+        f"plan: {sum(queued.values())} cards queued in {len(queued)} batches, "
+        f"{len(capacity.at_risk)} at risk"
+    )
+    report = asyncio.run(_run(home, None, root, metrics_port))
+    data = report.as_dict()
+    pki = root / "pki"
+    pki.mkdir(exist_ok=True)
+    for name in ("csca.pem", "ds.pem"):
+        (pki / name).write_bytes((home.keys / name).read_bytes())
+    _write_report(root, data)
+    stock = data.get("stock", {})
+    print(
+        f"cards passed {data['cards_passed']} of {data['cards_requested']}, spoiled "
+        f"{data['cards_spoiled']}; stock {stock}; {data.get('throughput_cards_per_hour')} cards/h"
+    )
+    print(f"report: {root / 'report.json'}")
+    return 0 if data["cards_passed"] == data["cards_requested"] else 1
