@@ -380,6 +380,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(args.cards, args.out, args.seed, args.metrics_port)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    # bench/ is never imported by product code: only this subcommand reaches it (DESIGN §2).
+    from bench.cli import bench_command
+
+    return bench_command(args.quick, args.json, args.out)
+
+
 def _cmd_line_run(args: argparse.Namespace) -> int:
     from personaliser.linecli import line_run
 
@@ -506,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+
+    bench = sub.add_parser("bench", help="throughput benchmarks (engine, line efficiency, scale)")
+    bench.add_argument("--quick", action="store_true", help="small sizes (about 20 s)")
+    bench.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+    bench.add_argument("--out", default="bench-out", help="where bench.json and throughput.png go")
+    bench.set_defaults(func=_cmd_bench)
 
     line = sub.add_parser("line", help="the personalisation line").add_subparsers(
         dest="action", required=True
