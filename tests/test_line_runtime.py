@@ -206,6 +206,9 @@ def test_forty_cards_pass_reconcile_and_leave_their_outputs(
     assert set(data["stations"]) == {"head-0", "head-1", "head-2", "head-3", "printer-0", "qa-0"}
     assert sum(s["cards"] for n, s in data["stations"].items() if n.startswith("head")) == 40
     assert all(0 < s["utilisation"] <= 1 for s in data["stations"].values())
+    # ~1,000 cards/hour leaves 3.6 s a card; the host needs a small fraction of that (about
+    # 30 ms measured with rendering: chip crypto, store commits, faces, files).
+    assert data["cpu_ms_per_card"] < 150
     check_invariants(store, ids, out)
 
     # Outputs: chip files as read back and the chip image for every card; proofs for a sample,
@@ -455,8 +458,15 @@ def test_stop_from_another_thread_and_abort(
         heads={"count": 2, "encode_s": 0.02}, printers={"service_s": 0.01}, host_threads=2
     )
     control = LineControl()
-    threading.Timer(0.15, control.stop).start()
-    first = run(run_line(store, keystore, cfg, out_dir=tmp_path, control=control))
+    timers: list[threading.Timer] = []
+
+    def stop_soon(p: LineProgress) -> None:
+        if p.passed and not timers:  # an operator's thread stops the line a moment later
+            timers.append(threading.Timer(0.05, control.stop))
+            timers[0].start()
+
+    first = run(run_line(store, keystore, cfg, out_dir=tmp_path, control=control,
+                         progress=stop_soon))  # fmt: skip
     assert first.ended == "stopped" and 0 < first.cards_passed < 30
 
     aborting = LineControl()
@@ -483,17 +493,25 @@ def test_signals_stop_the_line(store: SqliteStore, keystore: FileKeystore, tmp_p
     control = LineControl()
 
     async def main() -> LineReport:
-        remove = control.install_signal_handlers(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        remove = control.install_signal_handlers(loop)
+
+        def operator(p: LineProgress) -> None:
+            if p.passed and not armed:
+                armed.append(True)
+                for delay, sig in ((0.05, signal.SIGUSR1), (0.15, signal.SIGUSR2),
+                                   (0.25, signal.SIGTERM)):  # fmt: skip
+                    loop.call_later(delay, os.kill, os.getpid(), sig)
+
         try:
-            asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGUSR1)
-            asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGUSR2)
-            asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)
             cfg = settings(heads={"count": 1, "encode_s": 0.05})
-            return await run_line(store, keystore, cfg, out_dir=tmp_path, control=control)
+            return await run_line(store, keystore, cfg, out_dir=tmp_path, control=control,
+                                  progress=operator)  # fmt: skip
         finally:
             remove()
 
     states: list[str] = []
+    armed: list[bool] = []
     control.subscribe(lambda: states.append(control.state.value))
     report = run(main())
     assert states[:3] == ["paused", "running", "stopping"]
@@ -567,30 +585,19 @@ def test_line_rate_is_the_bottleneck_capacity(
     changes: dict[str, Any],
     stage: str,
 ) -> None:
-    apps = clones(80, "R")
+    apps = clones(50, "R")
     queue(store, apps, "KT-R")
     cfg = settings(**changes, output={"chip_files": False, "chip_image": False})
     bottleneck, capacity = cfg.bottleneck()
     assert bottleneck == stage
     report = run_virtual(run_line(store, keystore, cfg, out_dir=tmp_path))
-    assert report.cards_passed == 80
-    # Within 10 % over the whole run: filling and emptying the line costs one card's path.
-    assert 0.9 * capacity <= report.throughput_cards_per_hour <= capacity * 1.0001
-    # Once full, the line runs at the bottleneck's rate.
+    assert report.cards_passed == 50
+    # Once full, the line runs at the bottleneck's rate (within 5 %: two printers finish in
+    # pairs, which the first-to-last measure slightly favours) ...
     assert report.line_rate_cards_per_hour == pytest.approx(capacity, rel=0.05)
+    # ... and over the whole run, filling and emptying the line costs about one card's path.
+    assert 0.85 * capacity <= report.throughput_cards_per_hour <= capacity * 1.0001
     assert report.as_dict()["bottleneck"] == {"stage": stage, "cards_per_hour": round(capacity, 1)}
-
-
-def test_host_cpu_per_card_is_small(
-    store: SqliteStore, keystore: FileKeystore, tmp_path: Path
-) -> None:
-    """~1,000 cards/hour needs 3.6 s per card; the host spends a small fraction of that."""
-    apps = clones(30, "C")
-    queue(store, apps, "KT-C")
-    report = run(run_line(store, keystore, settings(), out_dir=tmp_path))
-    data = report.as_dict()
-    assert data["cards_passed"] == 30
-    assert data["cpu_ms_per_card"] < 150  # ~20 ms measured: chip crypto, store commits, files
 
 
 # -- PC/SC heads ---------------------------------------------------------------------------------------
@@ -601,7 +608,7 @@ def test_a_pcsc_head_reads_back_on_its_own_reader(
 ) -> None:
     from personaliser.serve import BlankFeeder
 
-    apps = clones(4, "V")
+    apps = clones(3, "V")
     queue(store, apps, "KT-V")
     with reader_pool.lease(1) as (slot,):
         feeder = BlankFeeder(1, slot.port, keystore, tmp_path / "feeder")
@@ -609,15 +616,37 @@ def test_a_pcsc_head_reads_back_on_its_own_reader(
             # The full name of a test slot ("Perso VPCD A 00 00") matches that slot only.
             cfg = settings(heads={"kind": "pcsc", "reader": slot.reader}, qa={"mode": "same-head"})
             report = run(run_line(store, keystore, cfg, out_dir=tmp_path / "out"))
-            assert feeder.wait_until(lambda: feeder.totals()["completed"] >= 4, 10)
+            assert feeder.wait_until(lambda: feeder.totals()["completed"] >= 3, 10)
         totals = feeder.totals()
-    assert report.cards_passed == 4, report.as_dict()
+    assert report.cards_passed == 3, report.as_dict()
     assert set(report.stations) == {slot.reader, "printer-0"}
-    assert totals["completed"] == 4 and totals["spoiled"] == 0
+    assert totals["completed"] == 3 and totals["spoiled"] == 0
     check_invariants(store, [a.application_id for a in apps], tmp_path / "out")
     # The serials the store bound are the chips the feeder finished and saved.
     serials = {b.serial for b in store.blanks("KT-V")}
     assert {p.stem for p in (tmp_path / "feeder").glob("*.img")} == serials
+
+
+def test_an_empty_reader_spoils_nothing(
+    store: SqliteStore, keystore: FileKeystore, tmp_path: Path, reader_pool: Any
+) -> None:
+    """A head whose feeder presents no card took no blank: nothing to spoil, the work waits."""
+    queue(store, clones(2, "I"), "KT-I")
+    with reader_pool.lease(1) as (slot,):
+        cfg = settings(
+            heads={"kind": "pcsc", "reader": slot.reader, "timeout_s": 0.2},
+            qa={"mode": "same-head"},
+            max_consecutive_failures=2,
+        )
+        report = run(run_line(store, keystore, cfg, out_dir=tmp_path))
+    assert report.ended == "no_heads" and report.cards_spoiled == 0 and report.cards_left == 2
+    assert report.stations[slot.reader].out_of_service_reason == (
+        "2 failures in a row; last: no_card"
+    )
+    assert store.count_by_state(batch_id="KT-I") == {State.QUEUED: 2}
+    assert store.spoil_log() == [] and store.attempts("I000") == []
+    stock = store.stock("KT-I")
+    assert stock.spoiled == 0 and stock.on_line == stock.issued == 2  # the blanks wait
 
 
 # -- configuration, virtual time, names -------------------------------------------------------------

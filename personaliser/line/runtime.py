@@ -803,6 +803,16 @@ class _Line:
             batch.free += 1
             await self.finish(None, work)
             return None
+        missing = await self.on_head(head, head.device.load)
+        if missing is not None:
+            # No blank was taken, so there is nothing to spoil and the attempt does not count:
+            # the application goes back to the queue as it was (personaliser.heads' rule).
+            self.report.errors.append(f"{head.name}: no blank taken: {missing.detail}")
+            self.head_failed(head, missing)
+            self.batches[work.batch_id].free += 1
+            self.push(work)
+            await self.finish(None, work, requeued=True)
+            return None
         card = _Card(work, head, work.attempts + 1, app, plan)
         await self.move(card, State.ENCODING, station=head.name)
         return card

@@ -197,10 +197,17 @@ class Head(Protocol):
 
     name: str
 
+    def load(self) -> EncodeOutcome | None:
+        """Take the blank the feeder presents and power it; the failure if none could be taken.
+
+        Nothing has touched a blank when this fails, so there is nothing to spoil.
+        """
+        ...
+
     def encode(
         self, plan: PersoPlan, keystore: Keystore, rng: RandomSource, fault: EncoderFault | None
     ) -> EncodeOutcome:
-        """Take the next blank, personalise and lock it; the card stays in the head."""
+        """Personalise and lock the loaded blank; the card stays in the head."""
         ...
 
     def readback(self, plan: PersoPlan, check: ReadbackCheck) -> Verdict:
@@ -276,7 +283,7 @@ def _verify_on(transport: Transport, plan: PersoPlan, check: ReadbackCheck) -> V
             expected_dg1=check.expected_dg1,
             extended=check.extended,
         ),
-        CountingTransport(transport),
+        transport,
     )
 
 
@@ -304,10 +311,13 @@ class InProcessHead:
         card = self.reader.card
         return None if card is None else card.image.serial
 
+    def load(self) -> EncodeOutcome | None:
+        self.reader.connect()  # the feeder never runs dry in process
+        return None
+
     def encode(
         self, plan: PersoPlan, keystore: Keystore, rng: RandomSource, fault: EncoderFault | None
     ) -> EncodeOutcome:
-        self.reader.connect()
         return _encode_on(
             self.reader,
             plan,
@@ -347,9 +357,7 @@ class PcscHead:
     def __repr__(self) -> str:
         return f"PcscHead({self.name!r})"
 
-    def encode(
-        self, plan: PersoPlan, keystore: Keystore, rng: RandomSource, fault: EncoderFault | None
-    ) -> EncodeOutcome:
+    def load(self) -> EncodeOutcome | None:
         try:
             self._transport.connect()
         except TransportError as exc:
@@ -357,6 +365,11 @@ class PcscHead:
             return EncodeOutcome(
                 None, False, "reader_gone" if gone else "no_card", describe(exc), reader_gone=gone
             )
+        return None
+
+    def encode(
+        self, plan: PersoPlan, keystore: Keystore, rng: RandomSource, fault: EncoderFault | None
+    ) -> EncodeOutcome:
         return _encode_on(
             self._transport,
             plan,
