@@ -7,13 +7,13 @@ it is installed and is not required.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from personaliser import outputs
 
 __all__ = ["plot_throughput", "throughput_series", "write_json"]
 
@@ -23,11 +23,8 @@ BINS = 20
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write atomically (the product's writer): a reader never sees half a report."""
+    outputs.write_json(path, dict(data))
 
 
 def throughput_series(

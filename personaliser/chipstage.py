@@ -8,8 +8,6 @@ SM, passive authentication, DG1 against the application) and record the verdict.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,12 +19,12 @@ from chip.emulator import ChipImage, ChipOS
 from chip.errors import ChipError
 from chip.mrz import mrz_information
 from chip.perso import PersoPlan, build_plan, personalise
-from chip.pki import save_certificate
 from chip.random import RandomSource, system_random
 from chip.transport.base import CountingTransport, run_flow
 from chip.verify import Verdict, read_and_verify
 from personaliser.applications import Application, Rejection
 from personaliser.keystore import Keystore
+from personaliser.outputs import publish_pki, write_json
 
 __all__ = ["CardOutcome", "ChipStageReport", "personalise_card", "run_chip_stage"]
 
@@ -186,14 +184,7 @@ def run_chip_stage(
 ) -> ChipStageReport:
     """Personalise and verify every application; write cards, the PKI certificates and report.json."""
     out.mkdir(parents=True, exist_ok=True)
-    pki = out / "pki"
-    pki.mkdir(exist_ok=True)
-    for name, cert in (
-        ("csca.pem", keystore.csca_certificate()),
-        ("ds.pem", keystore.ds_certificate()),
-    ):
-        (pki / name).unlink(missing_ok=True)
-        save_certificate(cert, pki / name)
+    publish_pki(keystore, out)
     report = ChipStageReport()
     wall, cpu = time.perf_counter(), time.process_time()
     for item in items:
@@ -207,7 +198,5 @@ def run_chip_stage(
             progress(outcome)
     report.seconds = time.perf_counter() - wall
     report.cpu_seconds = time.process_time() - cpu
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    write_json(out / "report.json", report.as_dict())
     return report

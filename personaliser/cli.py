@@ -8,8 +8,6 @@ were rejected (see the report).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,18 +87,12 @@ def _read_intake(path: str) -> list[Any] | None:
     return items
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _personalise_on_readers(args: argparse.Namespace, items: list[Any]) -> int:
-    from chip.pki import save_certificate
     from chip.transport.pcsc import PcscTransport, list_readers
     from personaliser.applications import Application, Rejection
     from personaliser.heads import run_head_pool
     from personaliser.keystore import FileKeystore
+    from personaliser.outputs import publish_pki, write_json
 
     keystore = FileKeystore(args.keys)
     names = list_readers(args.readers)
@@ -109,14 +101,7 @@ def _personalise_on_readers(args: argparse.Namespace, items: list[Any]) -> int:
         return EXIT_USAGE
     print(f"encoder heads: {len(names)} ({', '.join(names)})", file=sys.stderr)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pki").mkdir(exist_ok=True)
-    for name, cert in (
-        ("csca.pem", keystore.csca_certificate()),
-        ("ds.pem", keystore.ds_certificate()),
-    ):
-        (out / "pki" / name).unlink(missing_ok=True)
-        save_certificate(cert, out / "pki" / name)
+    publish_pki(keystore, out)
     apps = [i for i in items if isinstance(i, Application)]
     rejected = [i for i in items if isinstance(i, Rejection)]
     transports = [PcscTransport(name, timeout_s=args.card_timeout) for name in names]
@@ -134,7 +119,7 @@ def _personalise_on_readers(args: argparse.Namespace, items: list[Any]) -> int:
     data["rejections"] = [r.as_dict() for r in rejected]
     data["applications_rejected"] = len({r.line for r in rejected})
     data["cards_requested"] += data["applications_rejected"]
-    _write_json(out / "report.json", data)
+    write_json(out / "report.json", data)
     for head in data["heads"]:
         state = "in service" if head["in_service"] else f"OUT: {head['out_of_service_reason']}"
         print(

@@ -6,8 +6,6 @@ Kept apart from ``personaliser.cli`` so that ``perso --help`` does not import th
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
 import sys
 from datetime import date
@@ -17,6 +15,7 @@ from typing import Any, TextIO
 from personaliser.line import LineControl, LineProgress, load_line_config, run_line
 from personaliser.metrics import LineMetrics, serve_metrics
 from personaliser.operations import Home, import_applications, plan, start_batches, start_of
+from personaliser.outputs import publish_pki, write_json
 from personaliser.synth import synth_applications
 from scheduler import LineConfig
 
@@ -54,13 +53,6 @@ class ProgressLine:
             self.stream.write(self.last + "\n")
 
 
-def _write_report(out: Path, data: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
-
-
 async def _run(home: Home, config_path: str | None, out: Path, metrics_port: int | None) -> Any:
     keystore = home.keystore()
     settings = load_line_config(config_path)
@@ -96,7 +88,7 @@ def line_run(
     target = Path(out) if out else home.path / "out"
     report = asyncio.run(_run(home, config, target, metrics_port))
     data = report.as_dict()
-    _write_report(target, data)
+    write_json(target / "report.json", data)
     print(
         f"line {data.get('ended', 'done')}: {data['cards_passed']} passed, "
         f"{data['cards_spoiled']} spoiled, {data.get('throughput_cards_per_hour')} cards/h; "
@@ -135,11 +127,8 @@ def demo(cards: int, out: str, seed: int, metrics_port: int | None = None) -> in
     )
     report = asyncio.run(_run(home, None, root, metrics_port))
     data = report.as_dict()
-    pki = root / "pki"
-    pki.mkdir(exist_ok=True)
-    for name in ("csca.pem", "ds.pem"):
-        (pki / name).write_bytes((home.keys / name).read_bytes())
-    _write_report(root, data)
+    publish_pki(keystore, root)
+    write_json(root / "report.json", data)
     stock = data.get("stock", {})
     print(
         f"cards passed {data['cards_passed']} of {data['cards_requested']}, spoiled "

@@ -44,7 +44,6 @@ import contextlib
 import fcntl
 import functools
 import heapq
-import json
 import os
 import shutil
 import time
@@ -93,6 +92,7 @@ from personaliser.line.stations import (
     sampled,
     stage_card,
 )
+from personaliser.outputs import write_json
 from personaliser.store.base import ApplicationRecord, Store
 from printer.driver import FaultKind, JobOutcome, PrintJob, SimulatedDriver, fault_kind
 from printer.errors import DeviceFault, PrinterError
@@ -689,9 +689,7 @@ class _Line:
             "due_date": batch.due_date,
             "cards": batch.tray,  # delivery order: approval date, then application id
         }
-        tmp = trays / f".{batch.batch_id}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        tmp.replace(trays / f"{batch.batch_id}.json")
+        write_json(trays / f"{batch.batch_id}.json", data)
 
     async def load_work(self) -> None:
         """Every QUEUED application of the chosen batches, in line order."""

@@ -15,8 +15,6 @@ laser faults, and whether the readback is compared against a wrong DG1 (a verify
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import random
 import shutil
 import threading
@@ -46,6 +44,7 @@ from personaliser.applications import Application
 from personaliser.chipstage import EXTENDED_CHUNK, SERIAL_PREFIX, card_id_for
 from personaliser.faces import card_face
 from personaliser.keystore import Keystore
+from personaliser.outputs import write_bytes_atomic
 from printer.driver import Fault, FaultKind, PrintJob
 from printer.layout import Layout
 from printer.proof import write_proofs
@@ -438,13 +437,7 @@ def sampled(card_id: str, rate: float) -> bool:
     return rate > 0 and zlib.crc32(card_id.encode("ascii")) < rate * 2**32
 
 
-_tmp_names = itertools.count()
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+_write = write_bytes_atomic
 
 
 def stage_card(
