@@ -10,9 +10,10 @@ TEST_STAMP := $(VENV)/.installed-test
 #   libpcsclite-dev swig gcc      to build pyscard
 #   fonts-ocr-b fonts-wqy-microhei  MRZ (OCR-B) and Chinese glyphs on the card face
 #   tesseract-ocr tesseract-ocr-eng  OCR of the printed MRZ in the tests
+#   mosquitto                     the MQTT broker the e-cabinet tests start (TLS, ACLs)
 RUNTIME_PACKAGES := openssl fonts-ocr-b fonts-wqy-microhei
 TEST_PACKAGES := $(RUNTIME_PACKAGES) pcscd vsmartcard-vpcd libpcsclite-dev swig gcc \
-	tesseract-ocr tesseract-ocr-eng
+	tesseract-ocr tesseract-ocr-eng mosquitto
 
 .PHONY: demo test lint typecheck bench clean
 

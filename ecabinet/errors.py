@@ -33,6 +33,7 @@ __all__ = [
     "BadMacError",
     "CabinetError",
     "CapacityError",
+    "LinkError",
     "MalformedMessageError",
     "ProtocolError",
     "ReplayError",
@@ -82,6 +83,10 @@ class MalformedMessageError(ProtocolError):
     ) -> None:
         super().__init__(message, channel=channel)
         self.field = field
+
+
+class LinkError(CabinetError):
+    """The MQTT connection failed or dropped; a supervisor reconnects.  Never carries credentials."""
 
 
 class AuthorisationError(CabinetError):
