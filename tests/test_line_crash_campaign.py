@@ -26,6 +26,7 @@ from pathlib import Path
 from personaliser.lifecycle import STATION_STATES, BlankState
 from personaliser.line import RESTART_STATION
 from personaliser.operations import Home, import_applications, plan, start_batches, start_of
+from personaliser.store import SqliteStore
 from scheduler import LineConfig
 from tests.test_line_runtime import check_invariants, clones
 
@@ -131,6 +132,7 @@ def test_500_cards_survive_20_sigkills(tmp_path: Path) -> None:
 
     with home.open_store(keystore) as store:
         ids = [a.application_id for a in apps]
+        assert isinstance(store, SqliteStore)
         check_invariants(store, ids, out)  # one PASSED each, one good blank each, stock balanced
         restarts = {(e.application_id, e.attempt) for e in store.spoil_log()
                     if e.station == RESTART_STATION}  # fmt: skip
