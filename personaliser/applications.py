@@ -117,6 +117,10 @@ class Application(BaseModel):
     collection_date: date
     approved_at: datetime
     priority: Literal["normal", "urgent", "on_site", "rework"] = "normal"
+    #: The collection receipt handed to the applicant at application time; the counter officer
+    #: checks it before a cabinet slot opens (issue 6).  Personal data: sealed at rest, and the
+    #: cabinet store keeps only a keyed digest of it.
+    receipt_number: str | None = Field(default=None, pattern=r"^[A-Z0-9]{8,20}$")
 
     def __repr__(self) -> str:
         return f"Application(application_id={self.application_id!r})"

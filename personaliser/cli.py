@@ -38,6 +38,14 @@ def _cmd_keys_add_data_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys_add_cabinet_key(args: argparse.Namespace) -> int:
+    from personaliser.keystore import FileKeystore
+
+    FileKeystore.add_cabinet_key(args.dir)
+    print(f"e-cabinet key added to {args.dir}")
+    return EXIT_OK
+
+
 def _cmd_applications_synth(args: argparse.Namespace) -> int:
     from personaliser.synth import synth_applications
 
@@ -398,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dk = keys.add_parser("add-data-key", help="provision the store's data key in a keystore")
     add_dk.add_argument("--dir", required=True)
     add_dk.set_defaults(func=_cmd_keys_add_data_key)
+    add_ck = keys.add_parser("add-cabinet-key", help="provision the e-cabinet root key")
+    add_ck.add_argument("--dir", required=True)
+    add_ck.set_defaults(func=_cmd_keys_add_cabinet_key)
 
     apps = sub.add_parser("applications", help="approved applications")
     apps_sub = apps.add_subparsers(dest="action", required=True)

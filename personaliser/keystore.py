@@ -11,6 +11,12 @@ silently replaced)::
     ds.pem    ds.key     Document Signer
     perso-master.key     perso master key (hex), the root of the per-chip SCP03 keys
     data.key             data key (hex, 32 bytes): seals personal data at rest in the store
+    cabinet.key          e-cabinet root key (hex, 32 bytes): each site's MQTT message key and the
+                         audit log's HMAC key are derived from it (HKDF, RFC 5869)
+
+Keys derived rather than stored are separated by HKDF ``info`` labels, so one never stands in for
+another: the lookup key (keyed digests of HKIC and receipt numbers in the cabinet store) comes from
+the data key; the site keys and the audit key from the cabinet key.
 """
 
 from __future__ import annotations
@@ -36,12 +42,19 @@ from chip.pki import (
     save_private_key,
 )
 from chip.protocols.scp03 import StaticKeys
+from ecabinet.security import KEY_BYTES, SiteKey, hkdf_sha256
 from personaliser.errors import KeystoreError
 
 __all__ = ["FileKeystore", "Keystore", "KeystoreError"]
 
 MASTER_KEY_BYTES = 16  # AES-128 static keys, as the SCP03 traces in chip-vectors §9.1
 DATA_KEY_BYTES = 32  # AES-256-GCM for personal data at rest (personaliser.store.crypto)
+CABINET_KEY_BYTES = 32
+
+# HKDF info labels (RFC 5869 §3.2): one per derived key, never reused for another purpose.
+_LOOKUP_INFO = b"perso/v1 lookup digests"
+_AUDIT_INFO = b"perso/v1 audit chain"
+_SITE_INFO = b"perso/v1 site master:"
 
 
 class Keystore(Protocol):
@@ -114,12 +127,18 @@ class FileKeystore:
         save_certificate(ds.certificate, root / "ds.pem")
         _write_secret(root / "perso-master.key", os.urandom(MASTER_KEY_BYTES).hex().encode())
         cls.add_data_key(root)
+        cls.add_cabinet_key(root)
         return cls(root)
 
     @staticmethod
     def add_data_key(path: str | os.PathLike[str]) -> None:
         """Provision the store's data key in a keystore made before it existed; never replaces one."""
         _write_secret(Path(path) / "data.key", os.urandom(DATA_KEY_BYTES).hex().encode())
+
+    @staticmethod
+    def add_cabinet_key(path: str | os.PathLike[str]) -> None:
+        """Provision the e-cabinet root key in a keystore made before it existed; never replaces one."""
+        _write_secret(Path(path) / "cabinet.key", os.urandom(CABINET_KEY_BYTES).hex().encode())
 
     def csca_certificate(self) -> x509.Certificate:
         return self._csca
@@ -135,19 +154,39 @@ class FileKeystore:
 
     def data_key(self) -> bytes:
         """The key that seals personal data in the store (AES-256-GCM)."""
-        path = self.path / "data.key"
+        return self._secret("data.key", DATA_KEY_BYTES, "perso keys add-data-key")
+
+    def lookup_key(self) -> bytes:
+        """The key of the cabinet store's keyed digests of HKIC and receipt numbers: a digest
+        finds a card without the store holding the number, and cannot be brute-forced from the
+        small HKIC space without this key."""
+        return hkdf_sha256(self.data_key(), info=_LOOKUP_INFO, length=KEY_BYTES)
+
+    def site_key(self, site: str) -> SiteKey:
+        """A site's e-cabinet master key; each cabinet's own keys derive from it
+        (:meth:`ecabinet.security.SiteKey.cabinet`)."""
+        root = self._secret("cabinet.key", CABINET_KEY_BYTES, "perso keys add-cabinet-key")
+        return SiteKey(site, hkdf_sha256(root, info=_SITE_INFO + site.encode(), length=KEY_BYTES))
+
+    def audit_key(self) -> bytes:
+        """The HMAC key of the audit chain's entries and anchor (ecabinet.audit)."""
+        root = self._secret("cabinet.key", CABINET_KEY_BYTES, "perso keys add-cabinet-key")
+        return hkdf_sha256(root, info=_AUDIT_INFO, length=KEY_BYTES)
+
+    def _secret(self, name: str, size: int, command: str) -> bytes:
+        path = self.path / name
         if not path.is_file():
             raise KeystoreError(
-                f"{self.path} has no data.key; add one with: perso keys add-data-key --dir {self.path}"
+                f"{self.path} has no {name}; add one with: {command} --dir {self.path}"
             )
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeystoreError(f"data.key in {self.path} is readable by others (must be 0600)")
+            raise KeystoreError(f"{name} in {self.path} is readable by others (must be 0600)")
         try:
             key = bytes.fromhex(path.read_text(encoding="ascii").strip())
         except ValueError as exc:
-            raise KeystoreError("data.key is not hex") from exc
-        if len(key) != DATA_KEY_BYTES:
-            raise KeystoreError("data.key must hold 32 bytes")
+            raise KeystoreError(f"{name} is not hex") from exc
+        if len(key) != size:
+            raise KeystoreError(f"{name} must hold {size} bytes")
         return key
 
     def scp03_keys_for(self, kdd: bytes) -> StaticKeys:

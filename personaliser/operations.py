@@ -72,12 +72,18 @@ class Home:
             return FileKeystore.init(self.keys)
         if not (self.keys / "data.key").exists():
             FileKeystore.add_data_key(self.keys)
+        if not (self.keys / "cabinet.key").exists():
+            FileKeystore.add_cabinet_key(self.keys)
         return FileKeystore(self.keys)
 
     def open_store(self, keystore: FileKeystore | None = None) -> Store:
         ks = keystore or self.keystore()
         cipher = PersonalDataCipher(ks.data_key())
-        return store_module.open(f"sqlite:///{self.db.resolve()}", cipher=cipher)
+        # Personal data stays until the card is handed over: the counter officer compares the
+        # portrait with the applicant at the counter (issue 6); ISSUED or RETURNED purge it.
+        return store_module.open(
+            f"sqlite:///{self.db.resolve()}", cipher=cipher, purge_at=State.ISSUED
+        )
 
 
 def start_of(day: date) -> datetime:

@@ -68,6 +68,7 @@ IDENTITY_FIELDS: Final = (
     "nationality",
     "date_of_issue",
     "date_of_expiry",
+    "receipt_number",
 )
 #: Sealed in fields of their own.
 BULK_FIELDS: Final = ("portrait_jpeg", "fingerprints")
