@@ -15,7 +15,10 @@
     │   │                          carries ``slot``, ``state``, ``event``
     │   └── CapacityError          an office has fewer free slots than cards; ``office``, ``needed``,
     │                              ``free``
-    └── AuditError                 the audit log fails verification; carries ``index`` and ``reason``
+    ├── AuditError                 the audit log fails verification; carries ``index`` and ``reason``
+    ├── LinkError                  the MQTT connection failed or dropped (a supervisor reconnects)
+    └── MosquittoError             Mosquitto is missing, or its files cannot be written or read
+        └── BrokerStartError       Mosquitto did not start or reload; carries ``log_tail``
 
 Caller misuse (an id with a ``/`` in it, a key of the wrong length) is ``ValueError`` /
 ``TypeError``, as in the standard library.  The protocol objects in :mod:`ecabinet.protocol` do not
@@ -31,10 +34,12 @@ __all__ = [
     "AuditError",
     "AuthorisationError",
     "BadMacError",
+    "BrokerStartError",
     "CabinetError",
     "CapacityError",
     "LinkError",
     "MalformedMessageError",
+    "MosquittoError",
     "ProtocolError",
     "ReplayError",
     "SlotError",
@@ -131,3 +136,17 @@ class AuditError(CabinetError):
         super().__init__(f"audit entry {index}: {reason}")
         self.index = index
         self.reason = reason
+
+
+class MosquittoError(CabinetError):
+    """Mosquitto is missing, or its files cannot be written or read."""
+
+
+class BrokerStartError(MosquittoError):
+    """Mosquitto did not start (or reload); ``log_tail`` holds the end of its log and stderr."""
+
+    def __init__(self, message: str, *, log_tail: str) -> None:
+        super().__init__(
+            f"{message}\n--- mosquitto log tail ---\n{log_tail}" if log_tail else message
+        )
+        self.log_tail = log_tail

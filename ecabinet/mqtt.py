@@ -16,6 +16,7 @@ docs/ecabinet-protocol.md *Security*).  What it adds over aiomqtt:
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -76,9 +77,13 @@ class BrokerAddress:
             raise LinkError("broker URL has no host")
         tls = parts.scheme == "mqtts"
         try:
-            port = parts.port or (8883 if tls else 1883)
+            port = parts.port
         except ValueError as exc:
             raise LinkError("broker URL has a bad port") from exc
+        if port == 0:  # urlsplit accepts it; nothing listens there
+            raise LinkError("broker URL has a bad port")
+        if port is None:
+            port = 8883 if tls else 1883
         return cls(
             host=parts.hostname,
             port=port,
@@ -93,7 +98,8 @@ class BrokerAddress:
 
     def url(self) -> str:
         """The address without credentials (safe to log)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal (RFC 3986 §3.2.2)
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -102,11 +108,24 @@ class BrokerAddress:
             cafile=str(self.ca_file) if self.ca_file is not None else None
         )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.sslsocket_class = _ClosingSSLSocket
         if self.cert_file is not None:
             context.load_cert_chain(
                 str(self.cert_file), str(self.key_file) if self.key_file is not None else None
             )
         return context
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho-mqtt 2.2 leaves the socket open when the TLS handshake fails (bad certificate, wrong
+    host): close it here, or every refused reconnect leaks a file descriptor until GC."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def _unquoted(value: str | None) -> str | None:
@@ -214,6 +233,10 @@ async def connect(
             else None
         ),
         tls_context=address.tls_context(),
+        # Commands and acks are small packets each waiting on the other side's answer: with
+        # Nagle on, delayed ACKs hold each one back ~40 ms (a round trip measured 88 ms against
+        # Mosquitto without this, 2 ms with it; the broker sets it too, set_tcp_nodelay).
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         keepalive=keepalive,
         timeout=timeout,
         clean_session=None if v5 else True,

@@ -83,3 +83,44 @@ def vcard(vreader):  # type: ignore[no-untyped-def]
         yield link
     finally:
         link.stop()
+
+
+# -- Mosquitto (ecabinet.mosquitto; helpers in tests/brokers.py) ---------- begin mosquitto block --
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One Mosquitto (TLS, passwords, ACLs) for the session, site ``tests.brokers.SITE``, on a free
+    loopback port.  Share it politely: own cabinet ids (``unique_id``), no kill/restart, no
+    retained messages left behind; use ``fresh_mosquitto`` for those.  Fails if mosquitto is
+    missing (Debian package mosquitto)."""
+    from ecabinet.mosquitto import MosquittoError
+    from tests.brokers import fail_message, start_mosquitto
+
+    try:
+        broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    except MosquittoError as exc:
+        pytest.fail(fail_message(exc), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def fresh_mosquitto(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A Mosquitto of this test's own (to kill, restart, or fill with retained messages)."""
+    from ecabinet.mosquitto import MosquittoError
+    from tests.brokers import fail_message, start_mosquitto
+
+    try:
+        broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    except MosquittoError as exc:
+        pytest.fail(fail_message(exc), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# -- end mosquitto block ------------------------------------------------------------------------
