@@ -29,6 +29,13 @@ Rule 4: write-ahead: every action list that changes what must survive a power lo
 Rule 5: the cabinet reports what its sensors say and never guesses: a sensor input the slot table
         does not expect faults the slot (:mod:`ecabinet.slots` Rule 4), and a slot that was open
         when the cabinet booted is faulted until an inventory scan says what is in it.
+Rule 6: the retained snapshot is published on connect and after an inventory scan at once, and
+        after other changes at most once per ``inventory_interval`` when one is set (None: after
+        every change).  The events carry each change as it happens; the snapshot is what a
+        controller that was away reconciles against, so a newer one supersedes any older one and
+        sending one per change would only cost (a 500-slot snapshot is ~40 kB to seal and check).
+        A transport calls :meth:`CabinetProtocol.flush_inventory` at
+        :meth:`CabinetProtocol.inventory_due`.
 
 The controller side builds commands (ids, counters, MACs), matches acks by correlation id, verifies
 the cabinet's MACs and counters (per channel, since MQTT orders messages per topic only: MQTT 5.0
@@ -372,6 +379,7 @@ class CabinetProtocol:
         random: RandomSource = os.urandom,
         recent_limit: int = 256,
         max_command_age: timedelta | None = None,
+        inventory_interval: timedelta | None = None,
     ) -> None:
         self.site = _check_id(site, "site")
         self.cabinet = _check_id(cabinet, "cabinet")
@@ -400,6 +408,12 @@ class CabinetProtocol:
         self._clean = False
         self._dirty = True  # clean_shutdown goes False until disconnect(): persist that first
         self._inventory_changed = False
+        # Rule 6: with an interval, change-driven snapshots are coalesced (see inventory_due).
+        if inventory_interval is not None and inventory_interval < timedelta(0):
+            raise ValueError("inventory_interval must not be negative")
+        self._inventory_interval = inventory_interval
+        self._inventory_sent: datetime | None = None
+        self._inventory_pending = False
         self._boot_reports: list[_Report] = []
         now = self._now()
         if not state.clean_shutdown:
@@ -671,6 +685,27 @@ class CabinetProtocol:
             [self._publish_report(Channel.EVT, r) for r in reports], publish_inventory=True
         )
 
+    # -- inventory coalescing (Rule 6) ----------------------------------------------------------
+
+    def inventory_due(self) -> datetime | None:
+        """When a coalesced snapshot is due (call :meth:`flush_inventory` then), or None."""
+        if not self._inventory_pending or self._inventory_interval is None:
+            return None
+        if self._inventory_sent is None:
+            return self._now()
+        return self._inventory_sent + self._inventory_interval
+
+    def flush_inventory(self) -> list[Action]:
+        """The pending snapshot, if one is waiting (an early call publishes it early)."""
+        if not self._inventory_pending:
+            return []
+        return self._flush([], publish_inventory=True)
+
+    def _inventory_may_go(self, now: datetime) -> bool:
+        if self._inventory_interval is None or self._inventory_sent is None:
+            return True
+        return now - self._inventory_sent >= self._inventory_interval
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
@@ -739,13 +774,21 @@ class CabinetProtocol:
 
     def _flush(self, actions: list[Action], *, publish_inventory: bool = False) -> list[Action]:
         """Append the snapshot if the inventory changed (or when asked); PersistState first if
-        anything that must survive a power loss changed.  The sequence counts changes only."""
+        anything that must survive a power loss changed.  The sequence counts changes only.
+
+        ``publish_inventory=True`` forces a snapshot now (connect, scan); a change alone waits
+        for the coalescing interval, if one is set (Rule 6)."""
         if self._inventory_changed:
             self._inventory_changed = False
             self._sequence += 1
             self._dirty = True
-            publish_inventory = True
+            if publish_inventory or self._inventory_may_go(self._now()):
+                publish_inventory = True
+            else:
+                self._inventory_pending = True
         if publish_inventory:
+            self._inventory_pending = False
+            self._inventory_sent = self._now()
             if self._sequence == 0:  # a new cabinet's first snapshot is number 1
                 self._sequence = 1
                 self._dirty = True

@@ -108,6 +108,11 @@ class _Beat:
 
 
 @dataclass(frozen=True, slots=True)
+class _FlushInventory:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
     done: asyncio.Future[Publish]
 
@@ -123,7 +128,7 @@ class _Hand:
     done: asyncio.Future[list[DeviceEvent]]
 
 
-_Input = Inbound | DeviceEvent | _Beat | _Plan | _Stop | _Hand
+_Input = Inbound | DeviceEvent | _Beat | _FlushInventory | _Plan | _Stop | _Hand
 
 
 def _channel(publish: Publish) -> str:
@@ -166,6 +171,7 @@ class CabinetSim:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random: RandomSource = os.urandom,
         client_id: str | None = None,
+        inventory_interval_s: float | None = None,
     ) -> None:
         if heartbeat_s <= 0:
             raise ValueError("heartbeat_s must be > 0")
@@ -189,6 +195,11 @@ class CabinetSim:
         self._clock = clock
         self._random = random
         self._cmd_topic = topic(site, cabinet, Channel.CMD)
+        # protocol.py Rule 6: None publishes the retained snapshot after every change.
+        self._inventory_interval = (
+            timedelta(seconds=inventory_interval_s) if inventory_interval_s is not None else None
+        )
+        self._inventory_timer: asyncio.TimerHandle | None = None
         # Per boot:
         self._protocol: CabinetProtocol | None = None
         self._device: Device | None = None
@@ -311,6 +322,7 @@ class CabinetSim:
                 random=self._random,
                 max_command_age=self._max_age,
                 recent_limit=self._recent_limit,
+                inventory_interval=self._inventory_interval,
             )
         except BaseException:
             journal.close()
@@ -404,6 +416,9 @@ class CabinetSim:
         await self.stop()
 
     def _power_down(self) -> None:
+        if self._inventory_timer is not None:
+            self._inventory_timer.cancel()
+            self._inventory_timer = None
         if self._journal is not None:
             self._journal.close()
         self.connected = False
@@ -467,9 +482,30 @@ class CabinetSim:
             self._handling = True
             try:
                 self._handle(item)
+                self._schedule_inventory()
             finally:
                 self._handling = False
                 self._notify()
+
+    def _schedule_inventory(self) -> None:
+        """Arm one timer for a coalesced snapshot (protocol.py Rule 6)."""
+        if self._inventory_timer is not None or self._protocol is None:
+            return
+        due = self._protocol.inventory_due()
+        if due is None:
+            return
+        delay = max(0.0, (due - self._protocol_now()).total_seconds())
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._inventory_timer = None
+            self._inbox.put_nowait(_FlushInventory())
+
+        self._inventory_timer = loop.call_later(delay, fire)
+
+    def _protocol_now(self) -> datetime:
+        now = self._clock()
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -499,6 +535,8 @@ class CabinetSim:
         elif isinstance(item, _Beat):
             if self.connected:
                 self._run(protocol.heartbeat())
+        elif isinstance(item, _FlushInventory):
+            self._run(protocol.flush_inventory())
         elif isinstance(item, _Hand):
             try:
                 events = item.act()

@@ -60,6 +60,13 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="mechanics speed factor")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     parser.add_argument(
+        "--inventory-interval",
+        type=float,
+        default=1.0,
+        help="at most one retained snapshot per this many seconds while slots change "
+        "(0: after every change); connect and scans publish at once",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -119,6 +126,8 @@ def _build(args: argparse.Namespace) -> tuple[CabinetSim, list[FaultSpec]]:
         raise ValueError(f"--slots must be 1..{MAX_SLOTS_PER_DRAWER}")
     if not args.heartbeat > 0 or not args.speed > 0 or args.restart_after < 0:
         raise ValueError("--heartbeat and --speed must be > 0, --restart-after >= 0")
+    if args.inventory_interval < 0:
+        raise ValueError("--inventory-interval must be >= 0")
     faults = [parse_fault(f) for f in args.fault]
     for _, drawer, index in faults:
         if (
@@ -148,6 +157,7 @@ def _build(args: argparse.Namespace) -> tuple[CabinetSim, list[FaultSpec]]:
         mechanics=Mechanics(speed=args.speed),
         hand=Hand(args.hand),
         heartbeat_s=args.heartbeat,
+        inventory_interval_s=args.inventory_interval or None,
         durable=not args.no_fsync,
     )
     return sim, faults

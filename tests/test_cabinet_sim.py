@@ -239,6 +239,40 @@ def test_deposit_then_retrieval(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_coalesced_inventory_arrives_once_after_a_burst_of_changes(tmp_path: Path) -> None:
+    """protocol.py Rule 6 over a real broker: three deposits' changes, then one fresh snapshot."""
+
+    async def scenario() -> None:
+        async with EmbeddedBroker() as broker, Controller(broker.address) as ctl:
+            sim = make_sim(broker.address, tmp_path, inventory_interval_s=0.3)
+            await sim.start()
+            try:
+                await ctl.received(Status, online)
+                await ctl.received(InventorySnapshot)  # the connect snapshot, at once
+                mark = len(ctl.outcomes)
+                for index, serial in enumerate(("04AA01", "04AA02", "04AA03"), start=1):
+                    out = await ctl.send(ctl.protocol.deposit("C1", 1, index, serial, now=now()))
+                    await ctl.acked(out)
+                    await ctl.received(DoorClosed, lambda m, i=index: m.index == i, start=mark)
+                snapshot = await ctl.received(
+                    InventorySnapshot, in_state(1, 3, SlotState.OCCUPIED), start=mark
+                )
+                assert [slot_report(snapshot, 1, i) for i in (1, 2, 3)] == [
+                    (SlotState.OCCUPIED, s) for s in ("04AA01", "04AA02", "04AA03")
+                ]
+                await sim.wait_idle()
+                sent = [
+                    o for o in ctl.outcomes[mark:]
+                    if isinstance(o, Received) and isinstance(o.message, InventorySnapshot)
+                ]  # fmt: skip
+                # Nine slot changes; without coalescing that is nine ~snapshots, here one or two.
+                assert 1 <= len(sent) <= 2, len(sent)
+            finally:
+                await sim.stop()
+
+    run(scenario())
+
+
 def test_a_duplicate_delivery_performs_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with (

@@ -860,3 +860,52 @@ def test_inventory_sequence_counts_changes_only(
     assert sequence(make_cabinet(clock, cabinet.snapshot(), boot=1).connect().after) == 3
     (beat,) = publishes(cabinet.heartbeat())
     assert b'"inventory_sequence":3' in beat.payload
+
+
+# -- Rule 6: coalesced snapshots ---------------------------------------------------------------
+
+
+def snapshots(actions: Iterable[Action]) -> list[InventorySnapshot]:
+    out = []
+    for p in publishes(actions, Channel.INVENTORY):
+        message = open_message(Channel.INVENTORY, p.payload, SITE.cabinet("C1").report)
+        assert isinstance(message, InventorySnapshot)
+        out.append(message)
+    return out
+
+
+def test_coalesced_inventory_goes_once_per_interval_and_is_never_lost(
+    clock: Clock, controller: ControllerProtocol
+) -> None:
+    cabinet = make_cabinet(clock, inventory_interval=timedelta(seconds=2))
+    assert len(snapshots(cabinet.connect().after)) == 1  # connect: at once
+    assert cabinet.inventory_due() is None
+    out = controller.deposit("C1", 1, 1, "04AA01", now=clock.now)
+    first = cabinet.receive(out.topic, out.payload)
+    # The change came right after the connect snapshot: it waits, but its PersistState does not.
+    assert snapshots(first) == [] and isinstance(first[0], PersistState)
+    assert cabinet.inventory_due() == clock.now + timedelta(seconds=2)
+    inserted = cabinet.card_inserted(1, 1, "04AA01")
+    assert snapshots(inserted) == []
+    assert publishes(inserted, Channel.EVT)  # the events go out at once
+    closed = cabinet.door_closed(1, 1)
+    assert snapshots(closed) == []
+    clock.tick(2)
+    (snap,) = snapshots(cabinet.flush_inventory())
+    # One snapshot for three changes, and it says what the last one left.
+    assert snap.slots[0].state is SlotState.OCCUPIED and snap.slots[0].card_serial == "04AA01"
+    assert cabinet.inventory_due() is None and cabinet.flush_inventory() == []
+    # A scan is never held back.
+    scan = controller.inventory_scan("C1", now=clock.now)
+    cabinet.receive(scan.topic, scan.payload)
+    assert len(snapshots(cabinet.scan_result({(1, 1): "04AA01"}))) == 1
+
+
+def test_without_an_interval_every_change_publishes(
+    clock: Clock, controller: ControllerProtocol
+) -> None:
+    cabinet = make_cabinet(clock)
+    cabinet.connect()
+    out = controller.deposit("C1", 1, 1, "04AA01", now=clock.now)
+    assert len(snapshots(cabinet.receive(out.topic, out.payload))) == 1
+    assert cabinet.inventory_due() is None
