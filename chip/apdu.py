@@ -65,10 +65,15 @@ class CommandAPDU:
     ne: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("cla", "ins", "p1", "p2"):
-            value = getattr(self, name)
-            if not 0 <= value <= 0xFF:
-                raise ValueError(f"{name} must be a byte, got {value}")
+        # One comparison chain on the common path: a line builds tens of APDUs per card.
+        if not (
+            0 <= self.cla <= 0xFF and 0 <= self.ins <= 0xFF and 0 <= self.p1 <= 0xFF
+            and 0 <= self.p2 <= 0xFF
+        ):  # fmt: skip
+            for name in ("cla", "ins", "p1", "p2"):
+                value = getattr(self, name)
+                if not 0 <= value <= 0xFF:
+                    raise ValueError(f"{name} must be a byte, got {value}")
         if len(self.data) > EXTENDED_MAX:
             raise ValueError("command data longer than 65535 bytes")
         if self.ne is not None and not 1 <= self.ne <= EXTENDED_MAX_NE:
@@ -84,24 +89,23 @@ class CommandAPDU:
 
     def to_bytes(self, *, extended: bool | None = None) -> bytes:
         """Encode; extended length is used when needed, or forced with ``extended=True``."""
-        ext = self.is_extended if extended is None else extended
-        if not ext and self.is_extended:
+        data, ne = self.data, self.ne
+        nc = len(data)
+        needed = nc > SHORT_MAX_NC or (ne is not None and ne > SHORT_MAX_NE)
+        ext = needed if extended is None else extended
+        if not ext and needed:
             raise ValueError("command needs extended length")
-        out = bytearray(self.header)
-        nc = len(self.data)
+        header = bytes((self.cla, self.ins, self.p1, self.p2))
         if ext:
-            if nc:
-                out += b"\x00" + nc.to_bytes(2, "big") + self.data
-            if self.ne is not None:
-                le = b"" if nc else b"\x00"
-                out += le + (0 if self.ne == EXTENDED_MAX_NE else self.ne).to_bytes(2, "big")
-        else:
-            if nc:
-                out.append(nc)
-                out += self.data
-            if self.ne is not None:
-                out.append(0 if self.ne == SHORT_MAX_NE else self.ne)
-        return bytes(out)
+            lc = b"\x00" + nc.to_bytes(2, "big") if nc else b""
+            if ne is None:
+                return header + lc + data
+            le = b"" if nc else b"\x00"
+            return header + lc + data + le + (0 if ne == EXTENDED_MAX_NE else ne).to_bytes(2, "big")
+        lc = bytes((nc,)) if nc else b""
+        if ne is None:
+            return header + lc + data
+        return header + lc + data + bytes((0 if ne == SHORT_MAX_NE else ne,))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CommandAPDU:

@@ -27,7 +27,7 @@ from chip.lds.dg2 import DG2
 from chip.lds.dg3 import DG3
 from chip.lds.dg11 import DG11
 from chip.lds.dg12 import DG12
-from chip.lds.sod import build_sod
+from chip.lds.sod import build_sod_der
 from chip.lds.tags import EMRTD_AID, by_dg, by_name
 from chip.mrz import TD1, build_td1
 from chip.pki import DocumentSigner
@@ -99,7 +99,8 @@ def build_plan(
     dgs[11] = DG11.from_holder(holder).to_bytes()
     dgs[12] = DG12.from_holder(holder).to_bytes()
     com = EFCom(tags=tuple(by_dg(n).tag or 0 for n in dgs)).to_bytes()
-    sod = build_sod(dgs, signer, signing_time=signing_time).to_bytes()
+    # Unparsed: QA reads every card back and verifies its EF.SOD (chip.verify).
+    sod = build_sod_der(dgs, signer, signing_time=signing_time)
     files = [CardFile("EF.COM", 0x011E, 0x1E, com)]
     files += [CardFile(f"DG{n}", by_dg(n).fid, by_dg(n).sfi, data) for n, data in dgs.items()]
     files.append(CardFile("EF.SOD", 0x011D, 0x1D, sod))

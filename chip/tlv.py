@@ -9,6 +9,7 @@ well-formed BER tag) raises ``ValueError``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
 from chip.errors import EncodingError
 
@@ -62,8 +63,14 @@ def encode_length(n: int) -> bytes:
     return bytes((0x80 | size,)) + n.to_bytes(size, "big")
 
 
+# A file or APDU uses a handful of tags many times; each is checked and encoded once.
+_encoded_tag = lru_cache(maxsize=512)(encode_tag)
+
+
 def tlv(tag: int, value: bytes) -> bytes:
-    return b"".join((encode_tag(tag), encode_length(len(value)), value))
+    n = len(value)
+    length = bytes((n,)) if n < 0x80 else encode_length(n)
+    return b"".join((_encoded_tag(tag), length, value))
 
 
 def is_constructed(tag: int) -> bool:

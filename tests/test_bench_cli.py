@@ -32,6 +32,19 @@ def test_quick_bench_writes_json_and_plot(
     assert engine["cards_per_hour_per_core"] == pytest.approx(
         3_600_000 / engine["engine_ms_per_card"], rel=0.01
     )
+    # The host's figure is the process's CPU less the emulated chips' and the proofs' rendering,
+    # each reported, not hidden.
+    assert engine["device_ms_per_card"] > 0
+    assert engine["render_ms_per_card"] > 0  # the first card of every tray gets proofs
+    assert engine["total_ms_per_card"] == pytest.approx(
+        engine["engine_ms_per_card"] + engine["device_ms_per_card"] + engine["render_ms_per_card"],
+        abs=0.01,
+    )
+    assert engine["cpu_s"] == pytest.approx(
+        engine["host_cpu_s"] + engine["device_cpu_s"] + engine["render_cpu_s"], abs=0.003
+    )
+    assert engine["outputs"] == {"chip_files": False, "chip_image": False, "trays": True}
+    assert engine["store_sync"] == "milestones"
 
     line = data["line"]
     assert line["cards"] == line["cards_passed"] == 100
@@ -67,6 +80,8 @@ def test_table_output(
     text = capsys.readouterr().out
     for needle in (
         "engine cards/h per core",
+        "engine host ms/card : floor ms/card",
+        "emulated chips, proofs ms/card",
         "line throughput / capacity",
         "plan 1,000 applications",
     ):

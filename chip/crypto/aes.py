@@ -4,14 +4,17 @@
 - AES-ECB of whole blocks (the secure-messaging IV is E(KS_Enc, SSC));
 - AES-CMAC (RFC 4493, NIST SP 800-38B), full 16 bytes; secure messaging truncates it to 8.
 
-The keyed classes keep their prepared objects (an ECB context, a keyed CMAC to copy) so that a
-session does not rebuild them for every APDU; they are not safe to share between threads.
+The keyed classes keep their prepared objects (an ECB context, CBC contexts that carry over
+between calls as :class:`chip.crypto.cbc.ChainedCbc`, a keyed CMAC to copy) so that a session
+does not rebuild them for every APDU; they are not safe to share between threads.
 """
 
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
+
+from chip.crypto.cbc import ChainedCbc
 
 __all__ = [
     "BLOCK",
@@ -32,6 +35,11 @@ def _check_key(key: bytes) -> None:
         raise ValueError("AES keys are 16, 24 or 32 bytes")
 
 
+def _check_iv(iv: bytes) -> None:
+    if len(iv) != BLOCK:
+        raise ValueError("AES-CBC IV must be 16 bytes")
+
+
 def _check_blocks(data: bytes) -> None:
     # A CBC/ECB context buffers a partial block silently; refuse it instead of losing bytes.
     if len(data) % BLOCK:
@@ -41,22 +49,26 @@ def _check_blocks(data: bytes) -> None:
 class Aes:
     """AES under one key: CBC without padding, and ECB through one long-lived context."""
 
-    __slots__ = ("_algorithm", "_ecb")
+    __slots__ = ("_decryptor", "_ecb", "_encryptor")
 
     def __init__(self, key: bytes) -> None:
         _check_key(key)
-        self._algorithm = algorithms.AES(key)
+        algorithm = algorithms.AES(key)
         # ECB of single blocks is what 9.8 prescribes for the IV, not a mode for data.
         ecb = modes.ECB()  # noqa: S305
-        self._ecb: CipherContext = Cipher(self._algorithm, ecb).encryptor()
+        self._ecb: CipherContext = Cipher(algorithm, ecb).encryptor()
+        self._encryptor = ChainedCbc(algorithm, BLOCK, decrypt=False)
+        self._decryptor = ChainedCbc(algorithm, BLOCK, decrypt=True)
 
     def cbc_encrypt(self, data: bytes, iv: bytes) -> bytes:
         _check_blocks(data)
-        return Cipher(self._algorithm, modes.CBC(iv)).encryptor().update(data)
+        _check_iv(iv)
+        return self._encryptor.run(data, iv)
 
     def cbc_decrypt(self, data: bytes, iv: bytes) -> bytes:
         _check_blocks(data)
-        return Cipher(self._algorithm, modes.CBC(iv)).decryptor().update(data)
+        _check_iv(iv)
+        return self._decryptor.run(data, iv)
 
     def ecb_encrypt(self, blocks: bytes) -> bytes:
         # ECB keeps no state between blocks, so one context serves every call.

@@ -9,8 +9,9 @@
 so keys are expanded here: K1 || K2 || K1 for two-key 3DES, K || K || K for single DES (EDE with
 three equal keys is DES).
 
-The keyed classes hold their prepared algorithm objects so that a session does not rebuild them
-for every APDU; they are not safe to share between threads.
+The keyed classes hold their prepared algorithm objects, and one CBC context per direction for
+the whole session (:class:`chip.crypto.cbc.ChainedCbc`), so that a session does not rebuild
+them for every APDU; they are not safe to share between threads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, modes
 
+from chip.crypto.cbc import ChainedCbc, xor_block
 from chip.crypto.padding import pad
 
 __all__ = [
@@ -58,19 +60,21 @@ def _check_blocks(data: bytes, iv: bytes) -> None:
 class Tdes:
     """Two-key 3DES in CBC mode, no padding, under one key."""
 
-    __slots__ = ("_algorithm",)
+    __slots__ = ("_decryptor", "_encryptor")
 
     def __init__(self, key16: bytes) -> None:
         _check_key16(key16)
-        self._algorithm = TripleDES(key16 + key16[:8])
+        algorithm = TripleDES(key16 + key16[:8])
+        self._encryptor = ChainedCbc(algorithm, BLOCK, decrypt=False)
+        self._decryptor = ChainedCbc(algorithm, BLOCK, decrypt=True)
 
     def encrypt(self, data: bytes, iv: bytes = _ZERO_IV) -> bytes:
         _check_blocks(data, iv)
-        return Cipher(self._algorithm, modes.CBC(iv)).encryptor().update(data)
+        return self._encryptor.run(data, iv)
 
     def decrypt(self, data: bytes, iv: bytes = _ZERO_IV) -> bytes:
         _check_blocks(data, iv)
-        return Cipher(self._algorithm, modes.CBC(iv)).decryptor().update(data)
+        return self._decryptor.run(data, iv)
 
     def __repr__(self) -> str:
         return "Tdes(<key hidden>)"
@@ -89,7 +93,7 @@ class RetailMac:
     def __init__(self, key16: bytes) -> None:
         _check_key16(key16)
         ka = key16[:8]
-        self._single = TripleDES(ka + ka + ka)
+        self._single = ChainedCbc(TripleDES(ka + ka + ka), BLOCK, decrypt=False)
         # One block through 3DES-ECB is the MAC's output transformation, not a mode for data.
         final = modes.ECB()  # noqa: S305
         self._final: CipherContext = Cipher(TripleDES(key16 + ka), final).encryptor()
@@ -102,9 +106,8 @@ class RetailMac:
             raise ValueError("pre-padded MAC input must be a non-empty multiple of 8 bytes")
         last = data[-BLOCK:]
         if len(data) > BLOCK:
-            head = Cipher(self._single, modes.CBC(_ZERO_IV)).encryptor().update(data[:-BLOCK])
-            chained = int.from_bytes(last, "big") ^ int.from_bytes(head[-BLOCK:], "big")
-            last = chained.to_bytes(BLOCK, "big")
+            head = self._single.run(data[:-BLOCK], _ZERO_IV)
+            last = xor_block(last, head[-BLOCK:])
         return self._final.update(last)
 
     def __repr__(self) -> str:

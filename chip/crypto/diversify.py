@@ -19,8 +19,9 @@ vendor's documentation, or against one real card's KCVs, before relying on it fo
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.cmac import CMAC
 
-from chip.crypto.sp800108 import kdf_counter_cmac
+from chip.crypto.sp800108 import kdf_counter_cmac, keyed_cmac
 from chip.protocols.scp03 import StaticKeys
 
 __all__ = ["KEY_TYPE_DEK", "KEY_TYPE_ENC", "KEY_TYPE_MAC", "diversify_kdf3", "kcv_aes"]
@@ -45,9 +46,9 @@ def kcv_aes(key: bytes) -> bytes:
     return encryptor.update(_KCV_BLOCK)[:3]
 
 
-def _kdf3(master: bytes, key_type: int, kdd: bytes) -> bytes:
+def _kdf3(master: CMAC, length: int, key_type: int, kdd: bytes) -> bytes:
     fixed = b"\x00\x00\x00" + bytes((key_type, 0x00)) + kdd
-    return kdf_counter_cmac(master, fixed, len(master) * 8, r=8)
+    return kdf_counter_cmac(master, fixed, length * 8, r=8)
 
 
 def diversify_kdf3(master: bytes, kdd: bytes, *, kvn: int = 0x30) -> StaticKeys:
@@ -56,9 +57,11 @@ def diversify_kdf3(master: bytes, kdd: bytes, *, kvn: int = 0x30) -> StaticKeys:
         raise ValueError("master key must be 16, 24 or 32 bytes")
     if len(kdd) != 10:
         raise ValueError("key diversification data must be 10 bytes")
+    keyed = keyed_cmac(master)  # one key schedule for the three keys
+    n = len(master)
     return StaticKeys(
-        enc=_kdf3(master, KEY_TYPE_ENC, kdd),
-        mac=_kdf3(master, KEY_TYPE_MAC, kdd),
-        dek=_kdf3(master, KEY_TYPE_DEK, kdd),
+        enc=_kdf3(keyed, n, KEY_TYPE_ENC, kdd),
+        mac=_kdf3(keyed, n, KEY_TYPE_MAC, kdd),
+        dek=_kdf3(keyed, n, KEY_TYPE_DEK, kdd),
         kvn=kvn,
     )

@@ -63,6 +63,10 @@ _PADDING_INDICATOR = 0x01  # ISO/IEC 7816-4: padded as ISO/IEC 9797-1 method 2
 _MAC_LENGTH = 8
 _DO_MAC_HEADER = bytes((_DO_MAC, _MAC_LENGTH))
 _TOO_LONG = "data too long to protect in one APDU (use command chaining or shorter reads)"
+# The order data objects must come in (9.8.4), for a command (DO'97') and a response (DO'99').
+_RANKS = {
+    middle: {_DO_DATA: 0, _DO_DATA_ODD: 0, middle: 1, _DO_MAC: 2} for middle in (_DO_LE, _DO_SW)
+}
 
 
 def _encode_le(ne: int) -> bytes:
@@ -277,7 +281,7 @@ class SecureMessaging(ABC):
         Returns the data object (tag, value), the middle object's value, the offset of DO'8E'
         (the MAC covers everything before it) and the MAC.
         """
-        rank = {_DO_DATA: 0, _DO_DATA_ODD: 0, middle: 1, _DO_MAC: 2}
+        rank = _RANKS[middle]
         data_do: tuple[int, bytes] | None = None
         middle_value: bytes | None = None
         last_rank = -1

@@ -25,6 +25,7 @@ __all__ = [
     "S_MAC",
     "S_RMAC",
     "kdf_counter_cmac",
+    "keyed_cmac",
     "scp03_kdf",
 ]
 
@@ -42,9 +43,14 @@ _COUNTER_WIDTHS = frozenset((8, 16, 24, 32))
 _SCP03_LABEL_ZEROS = bytes(11)
 
 
-def _derive(key: bytes, before: bytes, after: bytes, length_bits: int, r: int) -> bytes:
+def keyed_cmac(key: bytes) -> CMAC:
+    """A CMAC-AES keyed with ``key``, to derive several values under one key schedule."""
     if len(key) not in _AES_KEY_LENGTHS:
         raise ValueError("CMAC-AES key must be 16, 24 or 32 bytes")
+    return CMAC(algorithms.AES(key))
+
+
+def _derive(key: bytes | CMAC, before: bytes, after: bytes, length_bits: int, r: int) -> bytes:
     if r not in _COUNTER_WIDTHS:
         raise ValueError("counter width r must be 8, 16, 24 or 32 bits")
     if length_bits <= 0 or length_bits % 8:
@@ -54,7 +60,7 @@ def _derive(key: bytes, before: bytes, after: bytes, length_bits: int, r: int) -
     if blocks > (1 << r) - 1:
         raise ValueError("length_bits too large for the counter width")
     # One keyed CMAC, copied per block: the key schedule is done once per derivation.
-    keyed = CMAC(algorithms.AES(key))
+    keyed = key if isinstance(key, CMAC) else keyed_cmac(key)
     width = r // 8
     out = bytearray()
     for i in range(1, blocks + 1):
@@ -64,8 +70,13 @@ def _derive(key: bytes, before: bytes, after: bytes, length_bits: int, r: int) -
     return bytes(out[: length_bits // 8])
 
 
-def kdf_counter_cmac(key: bytes, fixed_input: bytes, length_bits: int, *, r: int = 32) -> bytes:
-    """SP 800-108 counter mode, PRF = CMAC-AES, ``K(i) = CMAC(key, [i]_r || fixed_input)``."""
+def kdf_counter_cmac(
+    key: bytes | CMAC, fixed_input: bytes, length_bits: int, *, r: int = 32
+) -> bytes:
+    """SP 800-108 counter mode, PRF = CMAC-AES, ``K(i) = CMAC(key, [i]_r || fixed_input)``.
+
+    ``key`` may be a :func:`keyed_cmac` (it is copied, never updated).
+    """
     return _derive(key, b"", fixed_input, length_bits, r)
 
 

@@ -6,5 +6,15 @@
 
 from chip.emulator.card import ChipOS, TimingModel
 from chip.emulator.image import ChipImage, EFile, Lifecycle
+from chip.emulator.meter import DEVICE_CPU, CpuMeter, Reading
 
-__all__ = ["ChipImage", "ChipOS", "EFile", "Lifecycle", "TimingModel"]
+__all__ = [
+    "DEVICE_CPU",
+    "ChipImage",
+    "ChipOS",
+    "CpuMeter",
+    "EFile",
+    "Lifecycle",
+    "Reading",
+    "TimingModel",
+]

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from chip.errors import EncodingError, VerificationError
 from chip.pki import DocumentSigner
 
-__all__ = ["OID_LDS_SECURITY_OBJECT", "EFSod", "build_sod"]
+__all__ = ["OID_LDS_SECURITY_OBJECT", "EFSod", "build_sod", "build_sod_der"]
 
 #: Part 10, 4.6.2: id-icao-mrtd-security-ldsSecurityObject.
 OID_LDS_SECURITY_OBJECT = "2.23.136.1.1.1"
@@ -195,7 +195,7 @@ class EFSod:
         try:
             # cryptography parses lazily; touch what verification uses so a damaged
             # certificate fails here, once, as malformed input.
-            certificate.public_key()
+            _public_key(certificate)
             certificate.extensions  # noqa: B018
         except _CERTIFICATE_ERRORS as exc:
             raise EncodingError("malformed DS certificate", field="certificates") from exc
@@ -269,7 +269,32 @@ def build_sod(
     ``dg_files`` maps DG number (1-16) to the file's bytes as written to the chip, tag included;
     at least two DGs (Part 10, 4.6.2: SIZE (2..ub-DataGroups)).  ``lds_version_info`` is
     (ldsVersion "aabb", unicodeVersion "aabbcc") and makes the LDSSecurityObject v1.
-    ``signing_time`` defaults to now.
+    ``signing_time`` defaults to now.  The result is parsed back as a self-check (about 0.1 ms);
+    :func:`build_sod_der` is the same file unparsed.
+    """
+    return EFSod(
+        build_sod_der(
+            dg_files,
+            signer,
+            digest=digest,
+            signing_time=signing_time,
+            lds_version_info=lds_version_info,
+        )
+    )
+
+
+def build_sod_der(
+    dg_files: Mapping[int, bytes],
+    signer: DocumentSigner,
+    *,
+    digest: str = "sha256",
+    signing_time: datetime | None = None,
+    lds_version_info: tuple[str, str] | None = None,
+) -> bytes:
+    """:func:`build_sod` without the parse: the EF.SOD's bytes, tag 77 included.
+
+    For a caller that checks the file anyway: the line reads every card back and verifies its
+    EF.SOD (passive authentication), which catches what the self-check would.
     """
     if digest not in _BUILD_DIGESTS:
         raise ValueError(f"digest must be one of {_BUILD_DIGESTS}")
@@ -301,9 +326,7 @@ def build_sod(
         econtent = _tlv(0x30, b"\x02\x01\x01" + digest_algorithm + hash_values + version_info)
 
     when = datetime.now(UTC) if signing_time is None else _aware(signing_time, "signing_time")
-    # RFC 5652 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
-    time_choice = "utc_time" if 1950 <= when.year <= 2049 else "generalized_time"
-    time_der: bytes = cms.Time(name=time_choice, value=when.replace(microsecond=0)).dump()
+    time_der = _time_der(when)
     # Part 10, 4.6.2: contentType and messageDigest are required, signingTime optional.
     # DER orders a SET OF by the encodings (X.690 11.6); the SET is what is signed (RFC 5652 5.4).
     signed_attrs = b"".join(
@@ -339,8 +362,20 @@ def build_sod(
         + _tlv(0x31, signer_info),
     )
     content_info = _tlv(0x30, _tlv(_OID, _OID_SIGNED_DATA) + _tlv(0xA0, signed_data))
-    # EFSod parses what was built: a self-check for about 0.1 ms.
-    return EFSod(_tlv(0x77, content_info))
+    return _tlv(0x77, content_info)
+
+
+def _time_der(when: datetime) -> bytes:
+    """RFC 5652 11.3 Time, to the second: UTCTime for 1950-2049, GeneralizedTime otherwise.
+
+    A signing time is now, so the UTCTime is written directly (X.690 11.8 DER: YYMMDDHHMMSSZ),
+    the bytes asn1crypto's ``cms.Time`` writes (the tests compare) without building its object;
+    other years go through asn1crypto.
+    """
+    if 1950 <= when.year <= 2049:
+        return _tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    time_der: bytes = cms.Time(name="generalized_time", value=when.replace(microsecond=0)).dump()
+    return time_der
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +542,7 @@ def _check_signer_signature(
         )
     except (ValueError, KeyError, TypeError):
         return ["unsupported or malformed SignerInfo signature algorithm"]
-    key = ds.public_key()
+    key = _public_key(ds)
     hash_algorithm = _CRYPTO_HASHES[hash_name]()
     try:
         if kind == "rsassa_pss" and isinstance(key, rsa.RSAPublicKey):
@@ -590,12 +625,32 @@ def _find_issuer(
             # Part 12, 7.1.1: CSCA keys roll over under one name; the AKI says which key signed.
             if ski is not None and ski.digest != key_id:
                 continue
-        try:
-            ds.verify_directly_issued_by(csca)
-        except (InvalidSignature, TypeError, *_CERTIFICATE_ERRORS):
-            continue
-        return csca
+        if _issued_by(ds, csca):
+            return csca
     return None
+
+
+@lru_cache(maxsize=16)
+def _load_certificate(der: bytes) -> x509.Certificate:
+    """A batch's SODs all carry the same DS certificate: parsed once (the object is immutable)."""
+    return x509.load_der_x509_certificate(der)
+
+
+@lru_cache(maxsize=16)
+def _public_key(certificate: x509.Certificate) -> Any:
+    return certificate.public_key()
+
+
+@lru_cache(maxsize=64)
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``certificate``.  Certificates hash and compare by their
+    DER, and a signature check is a function of the two DERs alone, so the answer for a batch's
+    one DS certificate is computed once; validity periods are checked on every use."""
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (InvalidSignature, TypeError, *_CERTIFICATE_ERRORS):
+        return False
+    return True
 
 
 def _find_signer_certificate(parsed: _Parsed) -> x509.Certificate | None:
@@ -608,7 +663,7 @@ def _find_signer_certificate(parsed: _Parsed) -> x509.Certificate | None:
         raise EncodingError("malformed SignerIdentifier", field="sid")
     for der in parsed.certificates:
         try:
-            certificate = x509.load_der_x509_certificate(der)
+            certificate = _load_certificate(der)
             if wanted is not None:
                 found = (certificate.serial_number, certificate.issuer.public_bytes()) == wanted
             else:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from chip.apdu import SHORT_MAX_NC, SHORT_MAX_NE, SW, CommandAPDU, ResponseAPDU
+from chip.crypto.cbc import ChainedCbc
 from chip.crypto.sp800108 import (
     CARD_CHALLENGE,
     CARD_CRYPTOGRAM,
@@ -194,14 +195,17 @@ def _unpad(padded: bytes) -> bytes | None:
 class _Channel:
     """The cryptographic state shared by both ends: session keys, chaining value, counter."""
 
-    __slots__ = ("_cmac", "_ecb", "_enc_key", "_rmac", "chain", "counter")
+    __slots__ = ("_cmac", "_decryptor", "_ecb", "_encryptor", "_rmac", "chain", "counter")
 
     def __init__(self, keys: _SessionKeys, chain: bytes) -> None:
-        self._enc_key = keys.enc
-        # Keyed once per session and copied per APDU: no key schedule in the per-command path.
+        # Keyed once per session and copied per APDU: no key schedule in the per-command path,
+        # and one CBC context per direction (chip.crypto.cbc: each call starts from its ICV).
+        enc = algorithms.AES(keys.enc)
         self._cmac = CMAC(algorithms.AES(keys.mac))
         self._rmac = CMAC(algorithms.AES(keys.rmac))
-        self._ecb = Cipher(algorithms.AES(keys.enc), modes.ECB()).encryptor()  # noqa: S305
+        self._ecb = Cipher(enc, modes.ECB()).encryptor()  # noqa: S305
+        self._encryptor = ChainedCbc(enc, _BLOCK, decrypt=False)
+        self._decryptor = ChainedCbc(enc, _BLOCK, decrypt=True)
         self.chain = chain
         self.counter = 0
 
@@ -223,16 +227,12 @@ class _Channel:
         return self._ecb.update(bytes(block))
 
     def encrypt(self, data: bytes, *, response: bool) -> bytes:
-        iv = self._icv(response=response)
-        encryptor = Cipher(algorithms.AES(self._enc_key), modes.CBC(iv)).encryptor()
-        return encryptor.update(_pad(data)) + encryptor.finalize()
+        return self._encryptor.run(_pad(data), self._icv(response=response))
 
     def decrypt(self, data: bytes, *, response: bool) -> bytes | None:
         if not data or len(data) % _BLOCK:
             return None
-        iv = self._icv(response=response)
-        decryptor = Cipher(algorithms.AES(self._enc_key), modes.CBC(iv)).decryptor()
-        return _unpad(decryptor.update(data) + decryptor.finalize())
+        return _unpad(self._decryptor.run(data, self._icv(response=response)))
 
 
 # -- host side ------------------------------------------------------------------------------
@@ -252,6 +252,11 @@ class Scp03HostSession:
     ) -> None:
         self._channel = channel
         self._level = security_level
+        # The level's bits, tested on every APDU, as plain booleans (IntFlag & is slow).
+        self._c_mac = bool(security_level & SecurityLevel.C_MAC)
+        self._c_dec = bool(security_level & SecurityLevel.C_DECRYPTION)
+        self._r_mac = bool(security_level & SecurityLevel.R_MAC)
+        self._r_enc = bool(security_level & SecurityLevel.R_ENCRYPTION)
         self._dead = False
         self.kdd = kdd
         self.key_version = key_version
@@ -280,13 +285,12 @@ class Scp03HostSession:
         """
         if self._dead:
             raise SecureMessagingError("secure channel is closed", step="scp03.wrap_command")
-        level = self._level
-        if not level & SecurityLevel.C_MAC:
+        if not self._c_mac:
             return cmd
         channel = self._channel
         channel.counter += 1
         data = cmd.data
-        if level & SecurityLevel.C_DECRYPTION and data:
+        if self._c_dec and data:
             data = channel.encrypt(data, response=False)
         nc = len(data) + _S8
         if nc > 0xFFFF:
@@ -300,8 +304,7 @@ class Scp03HostSession:
         """Check the R-MAC (6.2.5) and undo R-ENCRYPTION (6.2.7) as the security level asks."""
         if self._dead:
             raise SecureMessagingError("secure channel is closed", step="scp03.unwrap_response")
-        level = self._level
-        if not level & SecurityLevel.R_MAC or not _response_protected(resp.sw):
+        if not self._r_mac or not _response_protected(resp.sw):
             return resp
         if len(resp.data) < _S8:
             raise self._fail("response carries no R-MAC", "scp03.unwrap_response")
@@ -309,7 +312,7 @@ class Scp03HostSession:
         expected = self._channel.response_mac(body + resp.sw.to_bytes(2, "big"))
         if not hmac.compare_digest(expected, rmac):
             raise self._fail("R-MAC does not verify", "scp03.unwrap_response")
-        if level & SecurityLevel.R_ENCRYPTION and body:
+        if self._r_enc and body:
             plain = self._channel.decrypt(body, response=True)
             if plain is None:
                 raise self._fail("response cryptogram malformed", "scp03.unwrap_response")

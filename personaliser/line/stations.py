@@ -29,7 +29,7 @@ import numpy as np
 from cryptography import x509
 
 from chip.apdu import SW
-from chip.emulator import ChipImage, ChipOS
+from chip.emulator import DEVICE_CPU, ChipImage, ChipOS, CpuMeter
 from chip.errors import CardMuteError, ChipError, ReaderGoneError, TransportError
 from chip.mrz import mrz_information
 from chip.perso import SHORT_CHUNK, PersoPlan, build_plan, personalise
@@ -44,7 +44,6 @@ from personaliser.applications import Application
 from personaliser.chipstage import EXTENDED_CHUNK, SERIAL_PREFIX, card_id_for
 from personaliser.faces import card_face
 from personaliser.keystore import Keystore
-from personaliser.outputs import write_bytes_atomic
 from printer.driver import Fault, FaultKind, PrintJob
 from printer.layout import Layout
 from printer.proof import write_proofs
@@ -52,6 +51,7 @@ from printer.raster import Method, diffuse, pack_for_engraver
 from printer.render import render_back, render_front
 
 __all__ = [
+    "RENDER_CPU",
     "EncodeOutcome",
     "EncoderFault",
     "Head",
@@ -300,6 +300,10 @@ class InProcessHead:
         return f"InProcessHead({self.name!r})"
 
     def _blank(self) -> ChipOS:
+        # The feeder's blank comes keyed from the card maker: its making is the device's CPU.
+        return DEVICE_CPU.call(self._make_blank)
+
+    def _make_blank(self) -> ChipOS:
         serial = SERIAL_PREFIX + self._rng(8)
         return ChipOS(ChipImage.blank(serial, self._keystore.scp03_keys_for(serial)), rng=self._rng)
 
@@ -437,7 +441,16 @@ def sampled(card_id: str, rate: float) -> bool:
     return rate > 0 and zlib.crc32(card_id.encode("ascii")) < rate * 2**32
 
 
-_write = write_bytes_atomic
+#: Face rendering for proofs (the printer's work on a real line), metered apart by benchmarks.
+RENDER_CPU = CpuMeter("render")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    # A plain write: the staging folder is published by one rename only once the card has
+    # PASSED, and dropped at start-up otherwise, so no reader ever sees a half-written file
+    # and a per-file temporary name and rename would buy nothing.
+    with open(path, "xb") as fh:
+        fh.write(data)
 
 
 def stage_card(
@@ -447,24 +460,35 @@ def stage_card(
     files: Mapping[str, bytes],
     chip: ChipOS | None,
     proof: tuple[Application, str, Layout] | None,
-) -> Path:
-    """Write a card's outputs under ``staging/cards/<card_id>``; published once it has PASSED."""
+) -> Path | None:
+    """Write a card's outputs under ``staging/cards/<card_id>``; published once it has PASSED.
+
+    None when the line is set to write nothing for the card (no folder is made).
+    """
+    if not files and chip is None and proof is None:
+        return None
     folder = staging / "cards" / card_id
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     for name, data in files.items():
-        _write(folder / name.replace("/", "_"), data)
+        _write_new(folder / name.replace("/", "_"), data)
     if chip is not None:
         chip.image.save(folder / "chip.img")
     if proof is not None:
         app, serial, layout = proof
-        write_proofs([card_face(app, chip_serial=serial, card_id=card_id)], staging, layout)
+        RENDER_CPU.call(
+            lambda: write_proofs(
+                [card_face(app, chip_serial=serial, card_id=card_id)], staging, layout
+            )
+        )
     return folder
 
 
-def publish_card(staged: Path, out_dir: Path) -> Path:
+def publish_card(staged: Path | None, out_dir: Path) -> Path | None:
     """Move a staged card into ``out_dir/cards`` (one rename: a reader never sees half a card)."""
+    if staged is None:
+        return None  # nothing was staged for the card
     target = out_dir / "cards" / staged.name
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():  # a card id is a blank's serial, used once; only a replayed publish
