@@ -1,8 +1,8 @@
 """``perso``: the operator and engineer command line.
 
-Exit codes: 0 success; 1 a card failed personalisation or verification; 2 usage or setup error
-(bad arguments, missing keystore, unreadable file); 3 every card passed but some application records
-were rejected (see the report).
+Exit codes: 0 success; 1 a card failed personalisation or verification (or a cabinet operation did
+not complete); 2 usage or setup error (bad arguments, missing keystore, unreadable file); 3 every card
+passed but some application records were rejected (see the report), or an officer was refused.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from chip.errors import ChipError
+from ecabinet.errors import AuthorisationError, CabinetError
+from personaliser.cabinetcli import add_audit_commands, add_cabinet_commands
 from personaliser.errors import PersoError
 
 __all__ = ["main"]
@@ -516,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-out", help="where bench.json and throughput.png go")
     bench.set_defaults(func=_cmd_bench)
 
+    add_cabinet_commands(sub)
+    add_audit_commands(sub)
+
     line = sub.add_parser("line", help="the personalisation line").add_subparsers(
         dest="action", required=True
     )
@@ -536,7 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except (PersoError, ChipError) as exc:
+    except AuthorisationError as exc:
+        print(f"perso: refused ({exc.reason}): {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except (PersoError, ChipError, CabinetError) as exc:
         print(f"perso: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:

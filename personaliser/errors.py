@@ -6,6 +6,8 @@
     │                           root, chip.errors.ChipError; the CLI maps both to messages and exit codes)
     ├── KeystoreError           keystore missing, incomplete, or its key files not private
     ├── IntakeError             an applications file cannot be read at all (not: one bad record)
+    ├── ConfigError             a configuration file (site.toml) cannot be read or is invalid;
+    │                           the message names the file, the field and the reason
     └── StoreError              the durable store refused or failed an operation (a database error
         │                       is mapped to this at the boundary, ``raise … from exc``)
         ├── IllegalTransitionError  the card life cycle forbids this move (card, from_state, to_state)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "BlankError",
+    "ConfigError",
     "DuplicateError",
     "IllegalTransitionError",
     "IntakeError",
@@ -44,6 +47,10 @@ class KeystoreError(PersoError):
 
 class IntakeError(PersoError):
     """An applications file cannot be read at all."""
+
+
+class ConfigError(PersoError):
+    """A configuration file cannot be read or is invalid (file, field, reason in the message)."""
 
 
 class StoreError(PersoError):

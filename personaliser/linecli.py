@@ -6,16 +6,24 @@ Kept apart from ``personaliser.cli`` so that ``perso --help`` does not import th
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import sys
 from datetime import date
 from pathlib import Path
 from typing import Any, TextIO
 
+from ecabinet.audit import verify as verify_audit
+from ecabinet.officers import Role, add_officer, authenticate
+from ecabinet.store import CardState
+from personaliser.collection import hand_over
+from personaliser.keystore import FileKeystore
+from personaliser.lifecycle import State
 from personaliser.line import LineControl, LineProgress, load_line_config, run_line
 from personaliser.metrics import LineMetrics, serve_metrics
 from personaliser.operations import Home, import_applications, plan, start_batches, start_of
 from personaliser.outputs import publish_pki, write_json
+from personaliser.site import SiteConfig, demo_site, open_site
 from personaliser.synth import synth_applications
 from scheduler import LineConfig
 
@@ -103,8 +111,10 @@ def demo(cards: int, out: str, seed: int, metrics_port: int | None = None) -> in
     home = Home(root / "home")
     keystore = home.ensure()
     # Each demo starts from an empty line (the keys are kept): a re-run shows the whole job again.
-    for leftover in (home.db, home.db.with_name("perso.db-wal"), home.db.with_name("perso.db-shm")):
-        leftover.unlink(missing_ok=True)
+    for name in ("perso.db", "cabinet.db", "audit.log", "audit.log.head", "site.toml"):
+        for suffix in ("", "-wal", "-shm"):
+            (home.path / f"{name}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(home.path / "cabinets", ignore_errors=True)
     shutil.rmtree(root / "cards", ignore_errors=True)
     apps_file = root / "applications.jsonl"
     root.mkdir(parents=True, exist_ok=True)
@@ -128,11 +138,86 @@ def demo(cards: int, out: str, seed: int, metrics_port: int | None = None) -> in
     report = asyncio.run(_run(home, None, root, metrics_port))
     data = report.as_dict()
     publish_pki(keystore, root)
-    write_json(root / "report.json", data)
     stock = data.get("stock", {})
     print(
         f"cards passed {data['cards_passed']} of {data['cards_requested']}, spoiled "
         f"{data['cards_spoiled']}; stock {stock}; {data.get('throughput_cards_per_hour')} cards/h"
     )
+    collection = asyncio.run(collect(home, keystore, retrievals=min(5, data["cards_passed"])))
+    data["cabinet"] = collection
+    write_json(root / "report.json", data)
+    print(
+        f"e-cabinets: {collection['stocked']} cards deposited in {collection['cabinets']} cabinets "
+        f"at {collection['offices']} offices; {collection['issued']} retrieved by counter officers "
+        f"(personal data purged: {collection['purged']}); open discrepancies "
+        f"{collection['open_discrepancies']}; audit log verified "
+        f"({collection['audit_entries']} entries)"
+    )
     print(f"report: {root / 'report.json'}")
-    return 0 if data["cards_passed"] == data["cards_requested"] else 1
+    ok = data["cards_passed"] == data["cards_requested"]
+    return 0 if ok and collection["issued"] == collection["retrievals_asked"] else 1
+
+
+async def collect(home: Home, keystore: FileKeystore, *, retrievals: int) -> dict[str, Any]:
+    """The demo's e-cabinet part on embedded defaults: one emulated cabinet per office on an
+    in-process amqtt broker; the passed cards handed over and deposited; a sample retrieved by
+    counter officers with the applicants' receipts; the audit log verified."""
+    with home.open_store(keystore) as store:
+        passed = store.list_applications(state=State.PASSED)
+        offices = sorted({r.office for r in passed if r.office is not None})
+        config = demo_site(offices or ["ROP-KT"])
+        (home.path / "site.toml").write_text(_site_toml(config), encoding="utf-8")
+        async with open_site(home, keystore, store, config) as site:
+            hand_over(store, site.cabinets, keystore.lookup_key(), tray="demo")
+            waiting = site.cabinets.cards(state=CardState.AWAITING_DEPOSIT)
+            deposit = await site.service.deposit(
+                "demo-operator", [c.application_id for c in waiting]
+            )
+            # One counter officer per office; the password lives only in this process.
+            password = secrets.token_urlsafe(18)
+            officers = {
+                office: add_officer(site.cabinets, f"officer-{office}", office,
+                                    Role.COUNTER_OFFICER, password)
+                for office in offices
+            }  # fmt: skip
+            issued = 0
+            for card in site.cabinets.cards(state=CardState.STOCKED)[:retrievals]:
+                officer = authenticate(site.cabinets, officers[card.office].officer_id, password)
+                receipt = store.load_application(card.application_id).receipt_number or ""
+                result = await site.service.retrieve(officer, card.application_id, receipt)
+                issued += result.outcome == "issued"
+            status = site.service.status()
+            latency = site.controller.latency_summary()
+        purged = sum(1 for r in store.list_applications(state=State.ISSUED) if r.purged)
+    audit_log = home.path / "audit.log"
+    verify_audit(audit_log, key=keystore.audit_key(), anchored=True)
+    return {
+        "site": config.site,
+        "offices": len(offices),
+        "cabinets": len(config.cabinets),
+        "deposited": len(waiting),
+        "stocked": len(deposit.stocked),
+        "deposit_results": deposit.counts(),
+        "retrievals_asked": min(retrievals, len(deposit.stocked)),
+        "issued": issued,
+        "purged": purged,
+        "open_discrepancies": sum(1 for d in status.discrepancies if d.open),
+        "ack_latency_ms": None
+        if latency is None
+        else {
+            "count": latency.count,
+            "p50": round(latency.p50_ms, 2),
+            "p99": round(latency.p99_ms, 2),
+            "max": round(latency.max_ms, 2),
+        },
+        "audit_entries": audit_log.read_bytes().count(b"\n"),
+    }
+
+
+def _site_toml(config: SiteConfig) -> str:
+    """The demo's site as ``site.toml``, so ``perso cabinet status --home …`` finds it."""
+    lines = [f'site = "{config.site}"', 'broker = "embedded"', ""]
+    for c in config.cabinets:
+        lines += ["[[cabinets]]", f'id = "{c.id}"', f'office = "{c.office}"',
+                  f"drawers = {c.drawers}", f"slots = {c.slots}", ""]  # fmt: skip
+    return "\n".join(lines)

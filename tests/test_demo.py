@@ -30,6 +30,18 @@ def test_demo_passes_every_card_and_reconciles(
     assert len(cards) == 12
     assert all((c / "EF.SOD").is_file() and (c / "chip.img").is_file() for c in cards)
     assert any((c / "front.png").is_file() and (c / "back.png").is_file() for c in cards)
+    # The e-cabinet part: every passed card deposited, a sample handed over and purged.
+    cabinet = report["cabinet"]
+    assert cabinet["stocked"] == cabinet["deposited"] == 12
+    assert cabinet["issued"] == cabinet["retrievals_asked"] == cabinet["purged"] == 5
+    assert cabinet["open_discrepancies"] == 0 and cabinet["audit_entries"] > 12
+    capsys.readouterr()
+    home = str(out / "home")
+    assert main(["audit", "verify", "--home", home]) == 0
+    assert "chain and MACs verified" in capsys.readouterr().out
+    assert main(["cabinet", "status", "--home", home]) == 0
+    shown = capsys.readouterr().out
+    assert "ROP-" in shown and "occupied" in shown
     # A second run starts afresh and gives the same result (re-runnable main job).
     assert main(["demo", "--cards", "12", "--out", str(out)]) == 0
     assert len(list((out / "cards").iterdir())) == 12

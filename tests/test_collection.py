@@ -1,0 +1,163 @@
+"""From the line to the counter (personaliser/collection.py): hand-over, the bridge back to the
+card life cycle, catching up after a crash between the two stores; and the CLI around them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ecabinet.store import CabinetStore, CardState, CommandRow, lookup_digest
+from personaliser.cli import main
+from personaliser.collection import Bridge, catch_up, hand_over
+from personaliser.keystore import FileKeystore
+from personaliser.lifecycle import State
+from personaliser.operations import Home
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose line has passed 8 cards (the demo's line part, without the cabinets)."""
+    out = tmp_path_factory.mktemp("collect")
+    assert main(["demo", "--cards", "8", "--out", str(out)]) == 0
+    return out
+
+
+def fresh(tmp_path: Path, demo_home: Path) -> tuple[Home, FileKeystore]:
+    """A copy of a passed line, its cabinet side reset (cards back to PASSED is not possible, so
+    the copy is taken from a demo whose cards we re-run through the line)."""
+    home = Home(tmp_path / "home")
+    keystore = home.ensure()
+    apps = demo_home / "applications.jsonl"
+    assert main(["applications", "import", str(apps), "--home", str(home.path)]) == 0
+    assert main(["batch", "start", "--all", "--home", str(home.path), "--today", "2026-11-02"]) == 0
+    assert main(["line", "run", "--home", str(home.path), "--out", str(tmp_path / "out")]) == 0
+    return home, keystore
+
+
+def register(cabinets: CabinetStore, offices: set[str]) -> None:
+    for n, office in enumerate(sorted(offices)):
+        cabinets.register_cabinet("S1", f"C{n}", office, 2, 10)
+
+
+def test_hand_over_registers_digests_not_numbers_and_dispatches_once(
+    tmp_path: Path, demo_home: Path
+) -> None:
+    home, keystore = fresh(tmp_path, demo_home)
+    with home.open_store(keystore) as store, CabinetStore(home.path / "cabinet.db") as cabinets:
+        passed = store.list_applications(state=State.PASSED)
+        register(cabinets, {r.office or "" for r in passed})
+        done = hand_over(store, cabinets, keystore.lookup_key(), tray="T1")
+        assert done.registered == done.dispatched == len(passed) == 8
+        assert sum(done.offices.values()) == 8
+        assert {r.state for r in store.list_applications()} == {State.DISPATCHED}
+        # Idempotent: nothing PASSED is left, nothing registered twice.
+        assert hand_over(store, cabinets, keystore.lookup_key()).dispatched == 0
+        card = cabinets.cards()[0]
+        app = store.load_application(card.application_id)
+        assert card.state is CardState.AWAITING_DEPOSIT
+        assert card.hkid_digest == lookup_digest(keystore.lookup_key(), "hkid", app.hkid)
+        assert app.receipt_number is not None
+        assert card.receipt_digest == lookup_digest(
+            keystore.lookup_key(), "receipt", app.receipt_number
+        )
+    # The cabinet store holds no HKIC or receipt number, in any table.
+    raw = (home.path / "cabinet.db").read_bytes()
+    assert app.hkid.encode() not in raw and app.receipt_number.encode() not in raw
+
+
+def _stock(cabinets: CabinetStore, application_id: str) -> None:
+    card = cabinets.card(application_id)
+    assert card is not None
+    cabinet = cabinets.cabinets(office=card.office)[0]
+    free = next(s for s in cabinets.slot_map(cabinet.cabinet) if s.card_serial is None)
+    row = CommandRow(str(uuid.uuid4()), str(uuid.uuid4()), cabinet.cabinet, "deposit", "t",
+                     free.drawer, free.index, card.card_serial, application_id)  # fmt: skip
+    cabinets.begin_deposit(application_id, cabinet=cabinet.cabinet, drawer=free.drawer,
+                           index=free.index, command=row, state=None, actor="t")  # fmt: skip
+    cabinets.complete_deposit(application_id)
+
+
+def _issue(cabinets: CabinetStore, application_id: str) -> None:
+    card = cabinets.card(application_id)
+    assert card is not None and card.cabinet is not None
+    row = CommandRow(str(uuid.uuid4()), str(uuid.uuid4()), card.cabinet, "open_for_retrieval", "o",
+                     card.drawer, card.index, card.card_serial, application_id)  # fmt: skip
+    cabinets.begin_open(application_id, "retrieval", row, None, officer="officer-1")
+    cabinets.complete_open(application_id)
+
+
+def test_outcomes_follow_and_a_crash_between_the_stores_is_caught_up(
+    tmp_path: Path, demo_home: Path
+) -> None:
+    home, keystore = fresh(tmp_path, demo_home)
+    with home.open_store(keystore) as store, CabinetStore(home.path / "cabinet.db") as cabinets:
+        register(cabinets, {r.office or "" for r in store.list_applications(state=State.PASSED)})
+        hand_over(store, cabinets, keystore.lookup_key())
+        ids = [c.application_id for c in cabinets.cards()]
+        bridge = Bridge(store)
+        # a: through the bridge, as the service calls it.
+        _stock(cabinets, ids[0])
+        card = cabinets.card(ids[0])
+        assert card is not None and card.cabinet is not None and card.slot is not None
+        bridge.stocked(ids[0], card.cabinet, card.slot)
+        assert store.get(ids[0]).state is State.STOCKED
+        assert store.load_application(ids[0]).portrait_jpeg  # kept for the hand-over
+        _issue(cabinets, ids[0])
+        bridge.issued(ids[0], "officer-1")
+        bridge.issued(ids[0], "officer-1")  # a repeated callback is a no-op
+        assert store.get(ids[0]).state is State.ISSUED and store.get(ids[0]).purged
+        # b: the process died after each cabinet-store write, before the line's store followed.
+        _stock(cabinets, ids[1])
+        _stock(cabinets, ids[2])
+        _issue(cabinets, ids[2])
+        assert store.get(ids[1]).state is State.DISPATCHED
+        assert catch_up(store, cabinets) == 3  # ids[1] STOCKED; ids[2] STOCKED then ISSUED
+        assert store.get(ids[1]).state is State.STOCKED
+        assert store.get(ids[2]).state is State.ISSUED and store.get(ids[2]).purged
+        assert catch_up(store, cabinets) == 0
+        moves = [e.to_state for e in store.events(application_id=ids[2]) if e.kind == "transition"]
+        assert moves.count("ISSUED") == 1
+
+
+def test_cli_officer_dispatch_find_and_audit_tamper(
+    tmp_path: Path, demo_home: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    home = str(demo_home / "home")
+    monkeypatch.setenv("PERSO_PASSWORD", "correct horse battery")
+    # Officers of two offices (the demo's own officers were made with a password we never saw).
+    offices = sorted({json.loads(line)["collection_office"]
+                      for line in (demo_home / "applications.jsonl").read_text().splitlines()})  # fmt: skip
+    a, b = offices[0], offices[1]
+    assert main(["cabinet", "officer", "--home", home, "--officer", "cli-a", "--office", a,
+                 "--role", "counter_officer"]) == 0  # fmt: skip
+    assert main(["cabinet", "officer", "--home", home, "--officer", "cli-b", "--office", b,
+                 "--role", "counter_officer"]) == 0  # fmt: skip
+    with CabinetStore(Path(home) / "cabinet.db") as cabinets:
+        card_a = cabinets.cards(office=a)[0]
+    capsys.readouterr()
+    assert main(["cabinet", "find", "--home", home, "--officer", "cli-a",
+                 "--application", card_a.application_id]) == 0  # fmt: skip
+    assert card_a.application_id in capsys.readouterr().out
+    # Another office's officer is refused (exit 3), and the refusal is audited.
+    assert main(["cabinet", "find", "--home", home, "--officer", "cli-b",
+                 "--application", card_a.application_id]) == 3  # fmt: skip
+    assert "other_office" in capsys.readouterr().err
+    monkeypatch.setenv("PERSO_PASSWORD", "wrong password!")
+    assert main(["cabinet", "find", "--home", home, "--officer", "cli-a",
+                 "--application", card_a.application_id]) == 3  # fmt: skip
+    assert "bad_credentials" in capsys.readouterr().err
+    log = Path(home) / "audit.log"
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert any(b"find.refused" in line and b"cli-b" in line for line in lines)
+    assert main(["audit", "verify", "--home", home]) == 0
+    # Edit one entry (change who did it): verification fails at exactly that entry.
+    victim = next(i for i, line in enumerate(lines) if b"cli-b" in line)
+    edited = lines[victim].replace(b"cli-b", b"cli-a")
+    log.write_bytes(b"".join([*lines[:victim], edited, *lines[victim + 1 :]]))
+    capsys.readouterr()
+    assert main(["audit", "verify", "--home", home]) == 1
+    assert f"FAILED at entry {victim}" in capsys.readouterr().err
