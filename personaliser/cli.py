@@ -285,19 +285,20 @@ def _print_plan(the_plan: Any, capacity: Any) -> None:
 
 
 def _cmd_batch_plan(args: argparse.Namespace) -> int:
-    from personaliser.operations import plan
+    from personaliser.operations import cabinet_free_slots, plan
 
     home = _home(args)
     with home.open_store() as store:
         the_plan, capacity = plan(
-            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args)
-        )
+            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args),
+            free_slots=cabinet_free_slots(home, store),
+        )  # fmt: skip
     _print_plan(the_plan, capacity)
     return EXIT_OK
 
 
 def _cmd_batch_start(args: argparse.Namespace) -> int:
-    from personaliser.operations import plan, start_batches
+    from personaliser.operations import cabinet_free_slots, plan, start_batches
 
     if not args.all and not args.batch:
         print("perso: give --batch ID (repeatable) or --all", file=sys.stderr)
@@ -305,8 +306,9 @@ def _cmd_batch_start(args: argparse.Namespace) -> int:
     home = _home(args)
     with home.open_store() as store:
         the_plan, _capacity = plan(
-            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args)
-        )
+            store, today=_today(args), line=_line_config_for_plan(args), start=_start(args),
+            free_slots=cabinet_free_slots(home, store),
+        )  # fmt: skip
         try:
             queued = start_batches(store, the_plan, None if args.all else args.batch)
         except ValueError as exc:

@@ -9,6 +9,7 @@ A *home* directory holds what one line host needs: ``keys/`` (the keystore) and 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -123,16 +124,48 @@ def plan(
     line: LineConfig,
     start: datetime | None = None,
     calendar: WorkingCalendar | None = None,
+    free_slots: Mapping[str, int] | None = None,
 ) -> tuple[Plan, CapacityPlan]:
-    """Plan every approved application into trays and simulate the line; record the batches."""
+    """Plan every approved application into trays and simulate the line; record the batches.
+
+    ``free_slots`` (office -> cabinet slots not yet promised, :func:`cabinet_free_slots`) caps
+    what each office is sent; the rest is deferred with its reason (issue 6)."""
     cal = calendar or hong_kong_calendar()
     when = start or datetime.now(UTC)
     batches, capacity = plan_backlog(
-        _work_items(store), line, today=today, start=when, calendar=cal
+        _work_items(store), line, today=today, start=when, calendar=cal, free_slots=free_slots
     )
     for batch in batches.batches:
         store.add_batch(batch.batch_id, office=batch.office, due_date=batch.due_date)
     return batches, capacity
+
+
+#: Cards already on their way to an office's cabinets: each will take a slot that is free now.
+_IN_PIPELINE = (State.QUEUED, State.ENCODING, State.ENCODED, State.PRINTING, State.PRINTED,
+                State.VERIFYING, State.PASSED, State.SPOILED)  # fmt: skip
+
+
+def cabinet_free_slots(home: Home, store: Store) -> dict[str, int] | None:
+    """Free cabinet slots per office, less the cards already in the pipeline for it (and those
+    dispatched but not yet deposited, which the cabinet store counts as awaiting deposit).
+    None when the home has no cabinets registered: capacity is then not checked."""
+    path = home.path / "cabinet.db"
+    if not path.exists():
+        return None
+    from ecabinet.store import CabinetStore, CardState  # noqa: PLC0415 - only with cabinets
+
+    with CabinetStore(path) as cabinets:
+        offices = {c.office for c in cabinets.cabinets()}
+        if not offices:
+            return None
+        free = {o: cabinets.free_slots(o) for o in offices}
+        for card in cabinets.cards(state=CardState.AWAITING_DEPOSIT):
+            free[card.office] = free.get(card.office, 0) - 1
+    for state in _IN_PIPELINE:
+        for record in store.list_applications(state=state):
+            if record.office in free:
+                free[record.office] -= 1
+    return {office: max(0, n) for office, n in free.items()}
 
 
 def start_batches(store: Store, the_plan: Plan, batch_ids: list[str] | None) -> dict[str, int]:

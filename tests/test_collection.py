@@ -161,3 +161,28 @@ def test_cli_officer_dispatch_find_and_audit_tamper(
     capsys.readouterr()
     assert main(["audit", "verify", "--home", home]) == 1
     assert f"FAILED at entry {victim}" in capsys.readouterr().err
+
+
+def test_planning_never_sends_an_office_more_cards_than_free_slots(tmp_path: Path) -> None:
+    from datetime import date
+
+    from personaliser.operations import cabinet_free_slots, import_applications, plan, start_of
+    from scheduler import LineConfig
+    from tests.test_line_runtime import OFFICE, clones
+
+    home = Home(tmp_path / "home")
+    keystore = home.ensure()
+    apps = tmp_path / "a.jsonl"
+    apps.write_text("".join(a.to_json_line() + "\n" for a in clones(7, "CAP")))
+    with home.open_store(keystore) as store:
+        import_applications(store, apps)
+        assert cabinet_free_slots(home, store) is None  # no cabinets: capacity not checked
+        with CabinetStore(home.path / "cabinet.db") as cabinets:
+            cabinets.register_cabinet("S1", "C1", OFFICE, 1, 5)
+        free = cabinet_free_slots(home, store)
+        assert free == {OFFICE: 5}
+        today = date(2026, 11, 2)
+        the_plan, _ = plan(store, today=today, start=start_of(today), free_slots=free,
+                           line=LineConfig(cards_per_hour=1000, hours_per_day=8, tray_size=50))  # fmt: skip
+        assert the_plan.cards == 5 and len(the_plan.deferred) == 2
+        assert {d.reason.value for d in the_plan.deferred} == {"no_free_slots"}
