@@ -16,9 +16,15 @@ from bench.cabinet import run_cabinet_load
 def test_deposits_and_concurrent_retrievals_open_exactly_the_right_slots(tmp_path: Path) -> None:
     result = asyncio.run(
         run_cabinet_load(
-            cabinets=5, drawers=4, slots_per_drawer=50, deposits=600, retrievals=300,
-            officers=10, offices=5, workdir=tmp_path,
-        )  # fmt: skip
+            cabinets=5,
+            drawers=4,
+            slots_per_drawer=50,
+            deposits=600,
+            retrievals=300,
+            officers=10,
+            offices=5,
+            workdir=tmp_path,
+        )
     )
     data = result.as_dict()
     print(data)
