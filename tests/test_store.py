@@ -163,7 +163,7 @@ def test_public_names_are_pinned() -> None:
     assert set(package.__all__) == {
         "ApplicationRecord", "Attempt", "Batch", "BlankRecord", "Event", "IntakeCounts",
         "PersonalDataCipher", "SpoilEntry", "SqliteStore", "StockCounts", "Store",
-        "TransitionResult", "open",
+        "TransitionRequest", "TransitionResult", "open",
     }  # fmt: skip
     assert all(hasattr(package, name) for name in package.__all__)
 

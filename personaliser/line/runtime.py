@@ -64,6 +64,7 @@ from personaliser.chipstage import card_id_for
 from personaliser.errors import NotFoundError, PersoError, StoreError
 from personaliser.keystore import Keystore
 from personaliser.lifecycle import STATION_STATES, BlankState, State
+from personaliser.line.commits import GroupCommit
 from personaliser.line.config import InProcessHeads, LineSettings, PcscHeads
 from personaliser.line.control import Ending, LineControl
 from personaliser.line.observer import LineObserver, NullObserver
@@ -93,7 +94,12 @@ from personaliser.line.stations import (
     stage_card,
 )
 from personaliser.outputs import write_json
-from personaliser.store.base import ApplicationRecord, Store
+from personaliser.store.base import (
+    ApplicationRecord,
+    Store,
+    TransitionRequest,
+    TransitionResult,
+)
 from printer.driver import FaultKind, JobOutcome, PrintJob, SimulatedDriver, fault_kind
 from printer.errors import DeviceFault, PrinterError
 from printer.layout import Layout, load_layout
@@ -379,6 +385,8 @@ class _Line:
         if config.host_threads:
             self._compute = self._executor(config.host_threads, "line-compute")
             self._store_thread = self._executor(1, "line-store")
+        # Cards moving at the same moment share one commit (commits.py).
+        self.commits = GroupCommit(self._apply_transitions, turns=2)
 
     def _executor(self, threads: int, name: str) -> ThreadPoolExecutor:
         executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
@@ -476,15 +484,20 @@ class _Line:
 
     # -- transitions -----------------------------------------------------------------------------
 
+    async def _apply_transitions(
+        self, requests: Sequence[TransitionRequest]
+    ) -> list[TransitionResult | Exception]:
+        return await self.db(self.store.transitions, requests)
+
     async def move(self, card: _Card, to: State, **fields: str) -> None:
-        result = await self.db(
-            self.store.transition,
+        request = TransitionRequest(
             card.application_id,
             to,
-            idempotency_key=attempt_key(card.application_id, card.attempt, to),
-            actor=self.actor,
-            **fields,
+            attempt_key(card.application_id, card.attempt, to),
+            self.actor,
+            fields,
         )
+        result = await self.commits.transition(request)
         card.state = to
         self.observer.card_transition(card.application_id, result.from_state, to)
 

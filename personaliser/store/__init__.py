@@ -20,6 +20,7 @@ from personaliser.store.base import (
     SpoilEntry,
     StockCounts,
     Store,
+    TransitionRequest,
     TransitionResult,
 )
 from personaliser.store.crypto import PersonalDataCipher
@@ -37,6 +38,7 @@ __all__ = [
     "SqliteStore",
     "StockCounts",
     "Store",
+    "TransitionRequest",
     "TransitionResult",
     "open",
 ]

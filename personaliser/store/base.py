@@ -5,6 +5,8 @@ hosts implements the same :class:`Store` protocol later (DESIGN §7).  What an i
 
 - every write is one transaction; a transition, its side effects on blanks, attempts, stock
   counters and the personal-data purge, and its audit event commit together or not at all;
+- several transitions may share one commit (:meth:`Store.transitions`, group commit): each is still
+  all-or-nothing on its own (a savepoint), and none is reported done before the shared commit;
 - every write carries an idempotency key: replaying a key with the same operation is a no-op that
   returns the recorded result, reusing it for a different operation raises DuplicateError;
 - personal data is stored sealed (``personaliser.store.crypto``) and purged when the card leaves the
@@ -13,8 +15,8 @@ hosts implements the same :class:`Store` protocol later (DESIGN §7).  What an i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from types import TracebackType
 from typing import Protocol
@@ -32,6 +34,7 @@ __all__ = [
     "SpoilEntry",
     "StockCounts",
     "Store",
+    "TransitionRequest",
     "TransitionResult",
 ]
 
@@ -82,6 +85,17 @@ class TransitionResult:
     idempotency_key: str
     at: datetime
     replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRequest:
+    """One transition of a group (:meth:`Store.transitions`); the arguments of ``transition``."""
+
+    application_id: str
+    to: State
+    idempotency_key: str
+    actor: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +232,17 @@ class Store(Protocol):
         **fields: str,
     ) -> TransitionResult:
         """Move one application, with the side effects of the move, in one transaction."""
+        ...
+
+    def transitions(
+        self, requests: Sequence[TransitionRequest]
+    ) -> list[TransitionResult | Exception]:
+        """Several independent transitions behind one commit (group commit), in order.
+
+        Each one is applied or not on its own: a refused transition (its exception is returned in
+        its place) leaves no trace and does not stop the others.  A failure of the store itself
+        (StoreError) raises and commits none of them.  The commit is synced unless every one may
+        be relaxed, as ``transition`` would do for each."""
         ...
 
     def attempts(self, application_id: str) -> list[Attempt]: ...

@@ -40,7 +40,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from os import PathLike
@@ -53,6 +53,7 @@ from personaliser.errors import (
     BlankError,
     DuplicateError,
     NotFoundError,
+    PersoError,
     PersonalDataError,
     StoreError,
 )
@@ -74,6 +75,7 @@ from personaliser.store.base import (
     IntakeCounts,
     SpoilEntry,
     StockCounts,
+    TransitionRequest,
     TransitionResult,
 )
 from personaliser.store.crypto import PersonalDataCipher, SealedPersonalData
@@ -796,45 +798,93 @@ class SqliteStore:
         actor: str | None = None,
         **fields: str,
     ) -> TransitionResult:
+        to, canon = self._check_transition(to, idempotency_key, fields)
+        request = TransitionRequest(application_id, to, idempotency_key, actor, fields)
+        with self._write(relaxed=to in RELAXED_STATES) as conn:
+            return self._transition_in(conn, request, to, canon)
+
+    def transitions(
+        self, requests: Sequence[TransitionRequest]
+    ) -> list[TransitionResult | Exception]:
+        """Group commit (``Store.transitions``): one write transaction, one savepoint each.
+
+        Why: a commit is most of a transition's cost (the WAL frames of every page it touched,
+        and a sync for a milestone); cards moving at the same moment share one, and a page
+        touched by several of them (the events table's tail, the state index) is written once."""
+        results: list[TransitionResult | Exception | None] = [None] * len(requests)
+        checked: list[tuple[int, TransitionRequest, State, str]] = []
+        for i, request in enumerate(requests):
+            try:
+                to, canon = self._check_transition(
+                    request.to, request.idempotency_key, request.fields
+                )
+            except (ValueError, PersoError) as exc:
+                results[i] = exc
+                continue
+            checked.append((i, request, to, canon))
+        if checked:
+            relaxed = all(to in RELAXED_STATES for _, _, to, _ in checked)
+            with self._write(relaxed=relaxed) as conn:
+                for i, request, to, canon in checked:
+                    conn.execute("SAVEPOINT one_transition")
+                    try:
+                        results[i] = self._transition_in(conn, request, to, canon)
+                    except (ValueError, PersoError) as exc:
+                        # Refused: undo what it wrote; the others stand (SQLite "SAVEPOINT").
+                        conn.execute("ROLLBACK TO one_transition")
+                        results[i] = exc
+                    conn.execute("RELEASE one_transition")
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _check_transition(
+        to: State, idempotency_key: str, fields: Mapping[str, str]
+    ) -> tuple[State, str]:
         to = State(to)
         if to in (State.APPROVED, State.REJECTED):
             raise ValueError(f"{to.value} is set by intake, not by a transition")
         check_fields(to, fields)
         _check_text("idempotency_key", idempotency_key)
-        canon = _canon(fields)
-        with self._write(relaxed=to in RELAXED_STATES) as conn:
-            done = self._recorded(
-                conn, idempotency_key, kind="transition", application_id=application_id,
-                batch_id=None, to_state=to, fields=canon,
-            )  # fmt: skip
-            if done is not None:
-                return TransitionResult(
-                    seq=done["seq"],
-                    application_id=application_id,
-                    from_state=State(done["from_state"]),
-                    to_state=to,
-                    idempotency_key=idempotency_key,
-                    at=_dt(done["at"]),
-                    replayed=True,
-                )
-            at = self._now()
-            row = self._state_row(conn, application_id)
-            frm = State(row["state"])
-            check(frm, to, card=application_id)
-            batch_id, blank_id, attempts = self._apply(conn, row, to, fields, at)
-            conn.execute(
-                "UPDATE applications SET state = ?, state_pad = ?, attempts = ?, updated_at = ?"
-                " WHERE application_id = ?",
-                (to.value, _STATE_PAD[to], attempts, _ts(at), application_id),
+        return to, _canon(fields)
+
+    def _transition_in(
+        self, conn: sqlite3.Connection, request: TransitionRequest, to: State, canon: str
+    ) -> TransitionResult:
+        """The transition inside an open write transaction."""
+        application_id, idempotency_key = request.application_id, request.idempotency_key
+        actor, fields = request.actor, request.fields
+        done = self._recorded(
+            conn, idempotency_key, kind="transition", application_id=application_id,
+            batch_id=None, to_state=to, fields=canon,
+        )  # fmt: skip
+        if done is not None:
+            return TransitionResult(
+                seq=done["seq"],
+                application_id=application_id,
+                from_state=State(done["from_state"]),
+                to_state=to,
+                idempotency_key=idempotency_key,
+                at=_dt(done["at"]),
+                replayed=True,
             )
-            self._hook("applied")
-            seq = self._event(conn, key=idempotency_key, kind="transition", at=at, actor=actor,
-                              application_id=application_id, batch_id=batch_id,
-                              blank_id=blank_id, from_state=frm, to_state=to,
-                              fields=canon)  # fmt: skip
-            if to in self._purge_states:
-                self._purge(conn, row, to, at, actor)
-            return TransitionResult(seq, application_id, frm, to, idempotency_key, at)
+        at = self._now()
+        row = self._state_row(conn, application_id)
+        frm = State(row["state"])
+        check(frm, to, card=application_id)
+        batch_id, blank_id, attempts = self._apply(conn, row, to, fields, at)
+        conn.execute(
+            "UPDATE applications SET state = ?, state_pad = ?, attempts = ?, updated_at = ?"
+            " WHERE application_id = ?",
+            (to.value, _STATE_PAD[to], attempts, _ts(at), application_id),
+        )
+        self._hook("applied")
+        seq = self._event(conn, key=idempotency_key, kind="transition", at=at, actor=actor,
+                          application_id=application_id, batch_id=batch_id,
+                          blank_id=blank_id, from_state=frm, to_state=to,
+                          fields=canon)  # fmt: skip
+        if to in self._purge_states:
+            self._purge(conn, row, to, at, actor)
+        return TransitionResult(seq, application_id, frm, to, idempotency_key, at)
 
     def _apply(
         self,
