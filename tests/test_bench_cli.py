@@ -29,6 +29,10 @@ def test_quick_bench_writes_json_and_plot(
         engine["engine_ms_per_card"] / engine["floor_ms_per_card"], rel=0.01
     )
     assert engine["ratio_to_floor"] > 1  # a whole card cannot cost less than its crypto
+    assert engine["floor"] == "protocol"
+    assert engine["ratio_to_bulk_floor"] == pytest.approx(
+        engine["engine_ms_per_card"] / engine["bulk_floor_ms_per_card"], rel=0.01
+    )
     assert engine["cards_per_hour_per_core"] == pytest.approx(
         3_600_000 / engine["engine_ms_per_card"], rel=0.01
     )
@@ -80,7 +84,8 @@ def test_table_output(
     text = capsys.readouterr().out
     for needle in (
         "engine cards/h per core",
-        "engine host ms/card : floor ms/card",
+        "engine host ms/card : protocol floor",
+        "engine host ms/card : bulk floor",
         "emulated chips, proofs ms/card",
         "line throughput / capacity",
         "plan 1,000 applications",
