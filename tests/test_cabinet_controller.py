@@ -143,10 +143,12 @@ async def started_site(
     hand: Hand = Hand.AUTO,
     mosquitto: Any = None,
     sim_args: dict[str, Any] | None = None,
+    route: Callable[[str, BrokerAddress], BrokerAddress] | None = None,
     **controller_args: Any,
 ) -> AsyncIterator[Site]:
     """The site on an EmbeddedBroker, or on ``mosquitto`` (a started MosquittoBroker: TLS,
-    a password per device, ACLs) when given."""
+    a password per device, ACLs) when given.  ``route`` may send a cabinet's connection another
+    way (through a proxy that can drop the network)."""
     shapes = shapes or {"C1": (2, 5)}
     args: dict[str, Any] = {
         "ack_timeout": 1.0,
@@ -166,6 +168,8 @@ async def started_site(
             broker = mosquitto
             address = broker.add_controller()
             cabinet_addresses = broker.add_cabinets(shapes)
+        if route is not None:
+            cabinet_addresses = {c: route(c, a) for c, a in cabinet_addresses.items()}
         store = stack.enter_context(CabinetStore(tmp / "cabinet.db"))
         audit = stack.enter_context(AuditWriter(tmp / "audit.jsonl", key=AUDIT_KEY))
         sims = {
