@@ -11,9 +11,10 @@ TEST_STAMP := $(VENV)/.installed-test
 #   fonts-ocr-b fonts-wqy-microhei  MRZ (OCR-B) and Chinese glyphs on the card face
 #   tesseract-ocr tesseract-ocr-eng  OCR of the printed MRZ in the tests
 #   mosquitto                     the MQTT broker the e-cabinet tests start (TLS, ACLs)
+#   chromium chromium-driver      headless browser test of the web pages (Selenium)
 RUNTIME_PACKAGES := openssl fonts-ocr-b fonts-wqy-microhei
 TEST_PACKAGES := $(RUNTIME_PACKAGES) pcscd vsmartcard-vpcd libpcsclite-dev swig gcc \
-	tesseract-ocr tesseract-ocr-eng mosquitto
+	tesseract-ocr tesseract-ocr-eng mosquitto chromium chromium-driver
 
 .PHONY: demo test lint typecheck bench clean
 

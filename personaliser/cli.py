@@ -17,6 +17,7 @@ from chip.errors import ChipError
 from ecabinet.errors import AuthorisationError, CabinetError
 from personaliser.cabinetcli import add_audit_commands, add_cabinet_commands
 from personaliser.errors import PersoError
+from personaliser.web.cli import add_serve_command
 
 __all__ = ["main"]
 
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     add_cabinet_commands(sub)
+    add_serve_command(sub)
     add_audit_commands(sub)
 
     line = sub.add_parser("line", help="the personalisation line").add_subparsers(
