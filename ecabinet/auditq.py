@@ -94,7 +94,16 @@ class AuditQueue:
         if thread is None:
             return
         self._queue.put(_STOP)
-        thread.join(timeout)
+        # Wait as long as the worker makes progress: its owner closes the writer next, and an
+        # entry still queued then would be lost.  A worker that writes nothing for ``timeout``
+        # seconds is stuck: say so rather than return as if all were written.
+        while True:
+            before = self._written
+            thread.join(timeout)
+            if not thread.is_alive():
+                return
+            if self._written == before:
+                raise AuditError(self.writer.head.count, "audit writer stalled at close")
 
     def _work(self) -> None:
         while True:
