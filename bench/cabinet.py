@@ -68,6 +68,7 @@ class CabinetLoad:
     wrong_slot_openings: int = 0
     slots_opened_twice: int = 0
     audit_entries: int = 0
+    think_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,10 @@ class CabinetLoad:
             "deposits": self.deposits,
             "retrievals": self.retrievals,
             "officers": self.officers,
+            "think_s": self.think_s,
+            "offered_retrievals_per_s": (
+                round(self.officers / self.think_s, 1) if self.think_s > 0 else "saturation"
+            ),
             "deposit_results": self.deposit_results,
             "retrieve_results": self.retrieve_results,
             "deposits_per_s": round(self.deposits / self.deposit_s, 1),
@@ -120,6 +125,7 @@ async def run_cabinet_load(
     retrievals: int = 5_000,
     officers: int = 50,
     offices: int = 5,
+    think_s: float = 2.0,
     seed: int = 0,
     workdir: Path | None = None,
 ) -> CabinetLoad:
@@ -142,7 +148,7 @@ async def run_cabinet_load(
                 cabinets_proc = await _start_cabinets(root, site_key, addresses, drawers,
                                                       slots_per_drawer)  # fmt: skip
                 stack.push_async_callback(_kill, cabinets_proc)
-                store = stack.enter_context(CabinetStore(root / "cabinet.db"))
+                store = stack.enter_context(CabinetStore(root / "cabinet.db", sync="barrier"))
                 audit_key = os.urandom(32)
                 audit = stack.enter_context(AuditWriter(root / "audit.log", key=audit_key))
                 controller = SiteController(broker.add_controller(), site_key, store, audit)
@@ -211,7 +217,12 @@ async def run_cabinet_load(
                 ack_before = len(controller.ack_latencies())
 
                 async def counter_officer(officer: Officer, queue: list[int]) -> None:
+                    # Each officer's own pace: an exponential pause (mean ``think_s``) before every
+                    # retrieval, so the officers' requests arrive as independent streams.
+                    pace = random.Random(f"{seed}/{officer.officer_id}")
                     for n in queue:
+                        if think_s > 0:
+                            await asyncio.sleep(pace.expovariate(1.0 / think_s))
                         t = time.perf_counter()
                         result = await service.retrieve(officer, f"L{n:06d}", _receipt(n))
                         retrieve_ms.append(1000 * (time.perf_counter() - t))
@@ -230,7 +241,7 @@ async def run_cabinet_load(
     return CabinetLoad(
         cabinets, cabinets * drawers * slots_per_drawer, deposits, retrievals, officers,
         deposit_s, retrieve_s, dict(deposit_results), dict(results), retrieve_ms, ack_ms,
-        wrong, twice, entries,
+        wrong, twice, entries, think_s,
     )  # fmt: skip
 
 

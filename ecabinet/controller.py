@@ -286,6 +286,7 @@ class SiteController:
         self.site = site_key.site
         self._address = address
         self._store = store
+        self._sync_task: asyncio.Future[None] | None = None  # the barrier in progress
         # Rule 7, without the disk on the event loop: entries go to one ordered writer thread.
         self._audit = AuditQueue(audit)
         self._client_id = client_id or f"controller-{self.site}"
@@ -792,7 +793,23 @@ class SiteController:
         }[kind]
         return build(cabinet, drawer, index, card_serial, now=now)
 
+    async def durable(self) -> None:
+        """Until every store commit made so far is on disk (``CabinetStore.make_durable``).
+
+        Flows call it before they answer; :meth:`_publish` before a command leaves (write-ahead).
+        Concurrent callers share one fsync on a worker thread: the loop never waits on the disk."""
+        store = self._store
+        target = store.commit_count
+        while store.durable_count < target:
+            task = self._sync_task
+            if task is None or task.done():
+                task = self._sync_task = asyncio.ensure_future(
+                    asyncio.to_thread(store.make_durable)
+                )
+            await asyncio.shield(task)
+
     async def _publish(self, out: Outgoing) -> None:
+        await self.durable()  # Rule 1: the command's row and counters are on disk before it leaves
         link = self._link
         if link is None:
             return  # the deadline resends it once we are back, or times it out

@@ -275,6 +275,7 @@ class CollectionService:
                     self._planned.discard(slot.key)
 
         await asyncio.gather(*(one(card, slot) for card, slot in plans))
+        await self._controller.durable()  # what the operator is told survives an OS crash
         return DepositReport(results)
 
     def _plan(
@@ -437,6 +438,7 @@ class CollectionService:
             outcome = result.outcome.value
         except TimeoutError:
             outcome = "pending"
+        await self._controller.durable()  # the officer hands the card over on this answer
         return RetrievalResult(card.application_id, outcome, op.cabinet, code, op.ack_latency)
 
     # -- uncollected cards ----------------------------------------------------------------------
@@ -467,6 +469,7 @@ class CollectionService:
                     results[card.application_id] = _error_code(exc)
 
         await asyncio.gather(*(one(card) for card in due))
+        await self._controller.durable()
         return ReturnReport(results)
 
     # -- status and discrepancies ---------------------------------------------------------------
@@ -549,6 +552,7 @@ class CollectionService:
                     stocked.application_id, stocked.state, actor, stocked.cabinet, stocked.slot
                 )
             )
+        await self._controller.durable()
         return closed
 
 

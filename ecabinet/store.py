@@ -8,10 +8,18 @@ cabinet (DESIGN §3 data minimisation).
 Why each setting (as the line's store, personaliser/store/sqlite.py):
 
 - ``journal_mode=WAL``: readers (``perso cabinet status``) never block the controller.
-- ``synchronous=FULL``: a committed change is a statement about a physical card in a physical slot;
-  an OS crash must not roll it back.  WAL with FULL costs one fsync per commit, and every change
-  below is exactly one transaction (``BEGIN IMMEDIATE``: the write lock is taken before the current
-  state is read, so two writers never both act on one state).
+- ``synchronous``: a committed change is a statement about a physical card in a physical slot; an
+  OS crash must not roll back one that anybody outside has acted on.  ``sync="full"`` syncs the WAL
+  at every commit (one fsync each, on the committing thread).  ``sync="barrier"`` (what the
+  controller uses) commits with ``synchronous=NORMAL``, which survives a killed process but not an
+  OS crash, and makes the commits durable at a **barrier** (:meth:`CabinetStore.make_durable`:
+  one fsync of the WAL, on a worker thread) before anything depends on them outside the process:
+  before a command is published (the write-ahead rule below) and before a flow's result is given
+  back.  The WAL is a log, so one fsync makes every earlier commit durable: concurrent flows share
+  it, and the event loop never waits on the disk.  What an OS crash can take is a suffix of commits
+  nobody outside has seen, the same as a crash a moment earlier.
+- Every change below is exactly one transaction (``BEGIN IMMEDIATE``: the write lock is taken
+  before the current state is read, so two writers never both act on one state).
 - STRICT tables, ``user_version`` migrations as data (:data:`MIGRATIONS`), foreign keys on.
 
 Write-ahead for the protocol: a command row and the controller's counters
@@ -28,6 +36,7 @@ reconciliation and allocation only.
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import sqlite3
 import threading
@@ -454,10 +463,17 @@ class CabinetStore:
         *,
         clock: Clock = lambda: datetime.now(UTC),
         busy_timeout: float = 10.0,
+        sync: Literal["full", "barrier"] = "full",
     ) -> None:
+        if sync not in ("full", "barrier"):
+            raise ValueError("sync is 'full' or 'barrier'")
         self.path = Path(path)
         self._clock = clock
         self._busy_timeout = busy_timeout
+        self.sync = sync
+        self._commits = 0  # commits so far (by any thread of this process)
+        self._durable = 0  # commits known to be on disk
+        self._sync_lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -505,7 +521,8 @@ class CabinetStore:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"the cabinet store {self.path} cannot use WAL (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+            level = "FULL" if self.sync == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={level}")
             conn.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.Error, StoreError) as exc:
             conn.close()
@@ -543,6 +560,52 @@ class CabinetStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        with self._sync_lock:
+            self._commits += 1
+            if self.sync == "full":
+                self._durable = self._commits
+
+    @property
+    def commit_count(self) -> int:
+        """Commits so far; with :attr:`durable_count`, what a barrier still has to cover."""
+        return self._commits
+
+    @property
+    def durable_count(self) -> int:
+        """Commits known to be on disk (all of them under ``sync="full"``)."""
+        return self._durable
+
+    def make_durable(self) -> None:
+        """The barrier: every commit made before this call is on disk when it returns.
+
+        Blocking (an fsync); the controller runs it on a worker thread.  Safe from any thread: a
+        commit counted here has had its WAL frames written by its COMMIT, and an fsync of the WAL
+        file through any descriptor flushes them (the WAL is one file, appended or reset in place,
+        https://sqlite.org/wal.html)."""
+        with self._sync_lock:
+            target = self._commits
+            if self._durable >= target:
+                return
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = -1  # no WAL: everything was checkpointed into the database file
+        try:
+            if fd >= 0:
+                os.fsync(fd)
+            db = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(db)  # a checkpoint since the commit may have moved its pages there
+            finally:
+                os.close(db)
+        except OSError as exc:
+            raise StoreError(f"cannot sync the cabinet store {self.path}: {exc}") from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        with self._sync_lock:
+            self._durable = max(self._durable, target)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

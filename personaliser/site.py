@@ -156,7 +156,7 @@ async def open_site(
     ``connect=False`` opens the stores and the flows without a broker: enough for look-ups and
     status (the controller is built but not started, so no door can move)."""
     async with AsyncExitStack() as stack:
-        cabinets = stack.enter_context(CabinetStore(home.path / "cabinet.db"))
+        cabinets = stack.enter_context(CabinetStore(home.path / "cabinet.db", sync="barrier"))
         audit = stack.enter_context(AuditWriter(home.path / "audit.log", key=keystore.audit_key()))
         site_key = keystore.site_key(config.site)
         sims: dict[str, CabinetSim] = {}

@@ -170,7 +170,7 @@ async def started_site(
             cabinet_addresses = broker.add_cabinets(shapes)
         if route is not None:
             cabinet_addresses = {c: route(c, a) for c, a in cabinet_addresses.items()}
-        store = stack.enter_context(CabinetStore(tmp / "cabinet.db"))
+        store = stack.enter_context(CabinetStore(tmp / "cabinet.db", sync="barrier"))
         audit = stack.enter_context(AuditWriter(tmp / "audit.jsonl", key=AUDIT_KEY))
         sims = {
             c: make_sim(tmp, cabinet_addresses[c], c, s, hand, **(sim_args or {}))
