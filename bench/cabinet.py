@@ -3,7 +3,14 @@ deposited and retrieved through the same controller and flows as production (iss
 
 Defaults are the issue's figures: 20 cabinets × 500 slots, 10,000 deposits, then 5,000 retrievals by
 50 counter officers working concurrently (10 per office, 4 cabinets per office).  The cabinets'
-mechanics are instant: what is measured is software.  Two latencies are reported:
+mechanics are instant: what is measured is software.
+
+How the officers work: each pauses before every retrieval for an exponential time of mean
+``think_s`` (default 2 s: 50 officers offer about 25 retrievals a second, far beyond a real office:
+a counter hands over a card every minute or two).  That is the latency an officer at a busy site
+sees.  ``think_s=0`` makes them fire back to back (a closed loop at saturation): then the figure is
+the controller's throughput, and latency is the queue in front of it (officers / throughput).
+Two latencies are reported:
 
 - ``retrieve_ms``: from the officer's request (``CollectionService.retrieve``) until the card is
   handed over (the slot reported the card taken).  It contains request → open command acknowledged,
