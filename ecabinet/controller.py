@@ -287,6 +287,7 @@ class SiteController:
         self._address = address
         self._store = store
         self._sync_task: asyncio.Future[None] | None = None  # the barrier in progress
+        self._publish_order = asyncio.Lock()
         # Rule 7, without the disk on the event loop: entries go to one ordered writer thread.
         self._audit = AuditQueue(audit)
         self._client_id = client_id or f"controller-{self.site}"
@@ -809,7 +810,13 @@ class SiteController:
             await asyncio.shield(task)
 
     async def _publish(self, out: Outgoing) -> None:
-        await self.durable()  # Rule 1: the command's row and counters are on disk before it leaves
+        # Rule 1: the command's row and counters are on disk before it leaves.  Commands must
+        # also leave in the order their counters were drawn (a cabinet refuses a counter lower
+        # than one it has seen): the lock is FIFO and taken before any wait, and the holder
+        # hands the command to the client (paho queues it synchronously, in call order) before
+        # the next waiter runs.
+        async with self._publish_order:
+            await self.durable()
         link = self._link
         if link is None:
             return  # the deadline resends it once we are back, or times it out

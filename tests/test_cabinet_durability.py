@@ -16,6 +16,7 @@ import os
 import threading
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,36 @@ def test_concurrent_flows_share_one_fsync_off_the_loop(
         assert store.durable_count == store.commit_count
         assert 1 <= len(calls) <= 4  # one barrier (WAL + database file), not twenty
         assert all(name != loop_thread for name, _ in calls)
+
+
+def test_commands_leave_in_the_order_they_were_made_whatever_the_barriers_take(
+    tmp_path: Path,
+) -> None:
+    """A cabinet refuses a counter lower than one it has seen, so commands must reach the client
+    in the order their counters were drawn, even when a later caller's barrier ends first."""
+    with (
+        CabinetStore(tmp_path / "c.db", sync="barrier") as store,
+        AuditWriter(tmp_path / "audit.log", key=bytes(32)) as audit,
+    ):
+        controller = SiteController(
+            BrokerAddress("127.0.0.1", 1), SiteKey("S1", bytes(32)), store, audit
+        )
+        sent: list[int] = []
+        waits = iter([0.03, 0.0, 0.02, 0.0, 0.01, 0.0])  # the first callers wait longest
+
+        async def durable() -> None:
+            await asyncio.sleep(next(waits))
+
+        class Link:
+            async def publish(self, out: Any) -> None:
+                sent.append(out)  # what the client was handed, in order (paho queues in order)
+                await asyncio.sleep(0.001)
+
+        controller.durable = durable  # type: ignore[method-assign]
+        controller._link = Link()  # type: ignore[assignment]
+
+        async def main() -> None:
+            await asyncio.gather(*(controller._publish(n) for n in range(6)))  # type: ignore[arg-type]
+
+        asyncio.run(main())
+        assert sent == list(range(6))
