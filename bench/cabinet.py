@@ -10,13 +10,15 @@ How the officers work: each pauses before every retrieval for an exponential tim
 a counter hands over a card every minute or two).  That is the latency an officer at a busy site
 sees.  ``think_s=0`` makes them fire back to back (a closed loop at saturation): then the figure is
 the controller's throughput, and latency is the queue in front of it (officers / throughput).
-Two latencies are reported:
+Three latencies are reported:
 
-- ``retrieve_ms``: from the officer's request (``CollectionService.retrieve``) until the card is
-  handed over (the slot reported the card taken).  It contains request → open command acknowledged,
-  so its p99 bounds that one from above;
-- ``ack_ms``: from the controller sending the open command until the cabinet's ack (the
-  controller's own measurement).
+- ``request_to_ack_ms``: the issue's figure, from the officer's request
+  (``CollectionService.retrieve``: role, office and receipt checks, the write-ahead commit and its
+  durability barrier, the publish) until the cabinet's ack of the open command;
+- ``retrieve_ms``: from the same request until the card is handed over (the slot reported the card
+  taken);
+- ``ack_ms``: from the controller starting the open command until the ack (the controller's own
+  measurement, ``SiteController.ack_latencies``).
 
 Every retrieval is checked against what the emulated cabinets did: the slot that opened for it is
 the slot the card was deposited in, the card taken out is that card, and no slot opened twice.
@@ -72,6 +74,7 @@ class CabinetLoad:
     retrieve_results: dict[str, int]
     retrieve_ms: list[float] = field(repr=False)
     ack_ms: list[float] = field(repr=False)
+    request_ack_ms: list[float] = field(repr=False)
     wrong_slot_openings: int = 0
     slots_opened_twice: int = 0
     audit_entries: int = 0
@@ -92,6 +95,7 @@ class CabinetLoad:
             "retrieve_results": self.retrieve_results,
             "deposits_per_s": round(self.deposits / self.deposit_s, 1),
             "retrievals_per_s": round(self.retrievals / self.retrieve_s, 1),
+            "request_to_ack_ms": _summary(self.request_ack_ms),
             "retrieve_ms": _summary(self.retrieve_ms),
             "ack_ms": _summary(self.ack_ms),
             "wrong_slot_openings": self.wrong_slot_openings,
@@ -220,6 +224,7 @@ async def run_cabinet_load(
                     queues[team[k % len(team)].officer_id].append(n)
                 by_id = {o.officer_id: o for os_ in staff.values() for o in os_}
                 retrieve_ms: list[float] = []
+                request_ack_ms: list[float] = []
                 results = Counter[str]()
                 ack_before = len(controller.ack_latencies())
 
@@ -233,6 +238,8 @@ async def run_cabinet_load(
                         t = time.perf_counter()
                         result = await service.retrieve(officer, f"L{n:06d}", _receipt(n))
                         retrieve_ms.append(1000 * (time.perf_counter() - t))
+                        if result.acked_at is not None:
+                            request_ack_ms.append(1000 * (result.acked_at - t))
                         results[result.outcome] += 1
 
                 t0 = time.perf_counter()
@@ -248,6 +255,7 @@ async def run_cabinet_load(
     return CabinetLoad(
         cabinets, cabinets * drawers * slots_per_drawer, deposits, retrievals, officers,
         deposit_s, retrieve_s, dict(deposit_results), dict(results), retrieve_ms, ack_ms,
+        request_ack_ms,
         wrong, twice, entries, think_s,
     )  # fmt: skip
 

@@ -121,6 +121,9 @@ class RetrievalResult:
     cabinet: str
     slot: str
     ack_latency: float | None
+    #: When the open command's ack arrived (``time.perf_counter``), so a caller can time its own
+    #: request to the ack (issue 6's latency) with the clock it started.
+    acked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,10 +431,12 @@ class CollectionService:
         assert op.drawer is not None and op.index is not None
         code = slot_code(op.drawer, op.index)
         answer = await asyncio.shield(op.ack)
+        acked_at = None if op.ack_latency is None else op.started + op.ack_latency
         if isinstance(answer, Rejected):
             return RetrievalResult(
-                card.application_id, Outcome.REFUSED.value, op.cabinet, code, op.ack_latency
-            )
+                card.application_id, Outcome.REFUSED.value, op.cabinet, code, op.ack_latency,
+                acked_at,
+            )  # fmt: skip
         try:
             async with asyncio.timeout(self._timeout):
                 result = await asyncio.shield(op.done)
@@ -439,7 +444,9 @@ class CollectionService:
         except TimeoutError:
             outcome = "pending"
         await self._controller.durable()  # the officer hands the card over on this answer
-        return RetrievalResult(card.application_id, outcome, op.cabinet, code, op.ack_latency)
+        return RetrievalResult(
+            card.application_id, outcome, op.cabinet, code, op.ack_latency, acked_at
+        )
 
     # -- uncollected cards ----------------------------------------------------------------------
 
