@@ -27,7 +27,7 @@ from ecabinet.errors import AuditError
 from ecabinet.officers import Officer
 from ecabinet.service import CardView
 from ecabinet.slots import slot_code
-from ecabinet.store import CardState, CommandStatus
+from ecabinet.store import CardState, CommandStatus, DiscrepancyRecord
 from personaliser.collection import hand_over
 from personaliser.web.auth import Permission
 from personaliser.web.errors import ERROR_RESPONSES, ApiError
@@ -65,6 +65,19 @@ _CARD_ERRORS = {
     503: {"model": ErrorBody, "description": "the cabinet is offline"},
     504: {"model": ErrorBody, "description": "the cabinet did not answer"},
 }
+
+
+def _discrepancy_out(d: DiscrepancyRecord) -> DiscrepancyOut:
+    return DiscrepancyOut(
+        id=d.id,
+        cabinet=d.cabinet,
+        slot=None if d.drawer is None or d.index is None else slot_code(d.drawer, d.index),
+        kind=d.kind.value,
+        application_id=d.application_id,
+        raised_at=d.raised_at,
+        resolved_at=d.resolved_at,
+        resolved_by=d.resolved_by,
+    )
 
 
 def _card_out(view: CardView) -> CardOut:
@@ -253,20 +266,7 @@ async def cabinet_status(
             )
             for c in status.cabinets
         ],
-        discrepancies=[
-            DiscrepancyOut(
-                id=d.id,
-                cabinet=d.cabinet,
-                slot=None if d.drawer is None or d.index is None else slot_code(d.drawer, d.index),
-                kind=d.kind.value,
-                application_id=d.application_id,
-                raised_at=d.raised_at,
-                resolved_at=d.resolved_at,
-                resolved_by=d.resolved_by,
-            )
-            for d in status.discrepancies
-            if d.open
-        ],
+        discrepancies=[_discrepancy_out(d) for d in status.discrepancies if d.open],
     )
 
 
@@ -289,16 +289,7 @@ async def resolve(
         )
     except KeyError:  # the service's "no such discrepancy"
         raise ApiError(404, "not_found") from None
-    return DiscrepancyOut(
-        id=d.id,
-        cabinet=d.cabinet,
-        slot=None if d.drawer is None or d.index is None else slot_code(d.drawer, d.index),
-        kind=d.kind.value,
-        application_id=d.application_id,
-        raised_at=d.raised_at,
-        resolved_at=d.resolved_at,
-        resolved_by=d.resolved_by,
-    )
+    return _discrepancy_out(d)
 
 
 @router.get("/api/audit/verify", response_model=AuditVerification, responses=ERROR_RESPONSES)
