@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
@@ -68,9 +70,13 @@ __all__ = [
 #: Who may find and retrieve cards for applicants.
 COUNTER_ROLES: Final = frozenset({Role.COUNTER_OFFICER, Role.SUPERVISOR})
 
-OnStocked = Callable[[str, str, str], None]  # application_id, cabinet, slot code
-OnIssued = Callable[[str, str], None]  # application_id, officer id
-OnReturned = Callable[[str, str], None]  # application_id, actor
+# The outcome callbacks return None (done when they return) or a concurrent Future (done on a
+# thread of their own, e.g. personaliser.collection.FollowingBridge): the flows await it.
+OnStocked = Callable[[str, str, str], "Future[None] | None"]  # application_id, cabinet, slot code
+OnIssued = Callable[[str, str], "Future[None] | None"]  # application_id, officer id
+OnReturned = Callable[[str, str], "Future[None] | None"]  # application_id, actor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,19 +186,56 @@ class CollectionService:
         self._planned: set[tuple[str, int, int]] = set()
         self._planning = asyncio.Lock()
         self._retrievals: dict[str, asyncio.Task[RetrievalResult]] = {}
+        #: Outcome callbacks still running on their own thread, by card (the latest one).
+        self._following: dict[str, asyncio.Future[None]] = {}
         controller.add_listener(self._changed)
 
     def __repr__(self) -> str:
         return f"CollectionService({self._controller!r})"
 
     def _changed(self, change: CardChange) -> None:
+        moving: Future[None] | None = None
         if change.state is CardState.STOCKED and self._on_stocked is not None:
             if change.cabinet is not None and change.slot is not None:
-                self._on_stocked(change.application_id, change.cabinet, change.slot)
+                moving = self._on_stocked(change.application_id, change.cabinet, change.slot)
         elif change.state is CardState.ISSUED and self._on_issued is not None:
-            self._on_issued(change.application_id, change.actor)
+            moving = self._on_issued(change.application_id, change.actor)
         elif change.state is CardState.RETURNED and self._on_returned is not None:
-            self._on_returned(change.application_id, change.actor)
+            moving = self._on_returned(change.application_id, change.actor)
+        if moving is not None:
+            self._follow(change, moving)
+
+    def _follow(self, change: CardChange, moving: Future[None]) -> None:
+        """Keep a callback running on its own thread until it ends; record it if it fails (as the
+        controller records a listener that raises: the card's state says what is still due, and
+        the next start's catch-up applies it)."""
+        waiter = asyncio.wrap_future(moving)
+        application_id = change.application_id
+        self._following[application_id] = waiter
+
+        def ended(done: asyncio.Future[None]) -> None:
+            if self._following.get(application_id) is done:
+                del self._following[application_id]
+            error = None if done.cancelled() else done.exception()
+            if error is not None:
+                log.error("card listener failed: %s", type(error).__name__)
+                self._audit.audit(
+                    "controller",
+                    "listener.failed",
+                    {
+                        "application_id": application_id,
+                        "card_state": change.state.value,
+                        "error": type(error).__name__,
+                    },
+                )
+
+        waiter.add_done_callback(ended)
+
+    async def _followed(self, application_id: str) -> None:
+        """Until the card's outcome callback has ended (its failure is recorded by ``_follow``)."""
+        waiter = self._following.get(application_id)
+        if waiter is not None:
+            await asyncio.wait([waiter])
 
     def _refuse(self, actor: str, flow: str, reason: str, **payload: Any) -> None:
         self._audit.audit(actor, f"{flow}.refused", {"reason": reason, **payload})
@@ -278,7 +321,8 @@ class CollectionService:
                     self._planned.discard(slot.key)
 
         await asyncio.gather(*(one(card, slot) for card, slot in plans))
-        await self._controller.durable()  # what the operator is told survives an OS crash
+        # What the operator is told survives an OS crash, in both stores.
+        await asyncio.gather(self._controller.durable(), *map(self._followed, results))
         return DepositReport(results)
 
     def _plan(
@@ -443,7 +487,9 @@ class CollectionService:
             outcome = result.outcome.value
         except TimeoutError:
             outcome = "pending"
-        await self._controller.durable()  # the officer hands the card over on this answer
+        # The officer hands the card over on this answer: the cabinet store durable, and the
+        # line's store moved on (ISSUED, personal data purged).
+        await asyncio.gather(self._controller.durable(), self._followed(card.application_id))
         return RetrievalResult(
             card.application_id, outcome, op.cabinet, code, op.ack_latency, acked_at
         )
@@ -559,6 +605,7 @@ class CollectionService:
                     stocked.application_id, stocked.state, actor, stocked.cabinet, stocked.slot
                 )
             )
+            await self._followed(stocked.application_id)
         await self._controller.durable()
         return closed
 

@@ -15,6 +15,12 @@ nothing:
 3. :func:`catch_up` re-applies step 2 for every card whose line state lags its cabinet state —
    run at every start, so a crash between the two writes is repaired, never guessed.
 
+Step 2 runs on a thread of its own (:class:`FollowingBridge`) in a long-running service: the
+line's store syncs every life-cycle milestone (a full fsync, ISSUED with its purge), and on the
+event loop that fsync held up every other officer's request.  One worker keeps the moves in the
+order the cabinet reported them; the flows await a card's move before they answer, so "issued"
+still means "issued and purged" to whoever asked.
+
 Every transition carries an idempotency key derived from the card and the target state, so
 re-applying one is a no-op.  ISSUED and RETURNED purge the card's personal data in the same
 transaction (the store's ``purge_at``; the portrait stays until the hand-over for the officer's
@@ -24,6 +30,7 @@ comparison).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ecabinet.store import CabinetStore, CardState, NewCard, lookup_digest
@@ -31,7 +38,7 @@ from personaliser.errors import IllegalTransitionError
 from personaliser.lifecycle import BlankState, State
 from personaliser.store.base import Store
 
-__all__ = ["Bridge", "HandOver", "catch_up", "hand_over"]
+__all__ = ["Bridge", "FollowingBridge", "HandOver", "catch_up", "hand_over"]
 
 #: The line state each cabinet state implies, in life-cycle order.
 _FOLLOWS: dict[CardState, tuple[State, ...]] = {
@@ -137,6 +144,35 @@ class Bridge:
         self._store.transition(
             application_id, to, idempotency_key=f"{application_id}:{to.value.lower()}", **fields
         )
+
+
+class FollowingBridge:
+    """:class:`Bridge`'s moves on one worker thread, in the order they were asked for.
+
+    Each call returns the move's :class:`~concurrent.futures.Future` (its exception, if the move
+    failed): :class:`~ecabinet.service.CollectionService` awaits it before a flow answers and
+    records a failure.  The store gives the worker a connection of its own (SQLite connections
+    are per thread).  :meth:`close` waits for the moves already asked for.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._bridge = Bridge(store)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="line-store")
+
+    def __repr__(self) -> str:
+        return "FollowingBridge()"
+
+    def stocked(self, application_id: str, cabinet: str, slot: str) -> Future[None]:
+        return self._worker.submit(self._bridge.stocked, application_id, cabinet, slot)
+
+    def issued(self, application_id: str, officer: str) -> Future[None]:
+        return self._worker.submit(self._bridge.issued, application_id, officer)
+
+    def returned(self, application_id: str, actor: str) -> Future[None]:
+        return self._worker.submit(self._bridge.returned, application_id, actor)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
 
 
 def catch_up(store: Store, cabinets: CabinetStore) -> int:

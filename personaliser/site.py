@@ -46,7 +46,7 @@ from ecabinet.mqtt import BrokerAddress
 from ecabinet.service import CollectionService
 from ecabinet.sim import CabinetSim
 from ecabinet.store import CabinetStore
-from personaliser.collection import Bridge, catch_up
+from personaliser.collection import FollowingBridge, catch_up
 from personaliser.errors import ConfigError
 from personaliser.keystore import FileKeystore
 from personaliser.operations import Home
@@ -157,6 +157,10 @@ async def open_site(
     status (the controller is built but not started, so no door can move)."""
     async with AsyncExitStack() as stack:
         cabinets = stack.enter_context(CabinetStore(home.path / "cabinet.db", sync="barrier"))
+        # Closed after the controller has stopped (the exit stack unwinds in reverse), so no
+        # outcome arrives after it; closing waits for the moves already asked for.
+        bridge = FollowingBridge(store)
+        stack.callback(bridge.close)
         audit = stack.enter_context(AuditWriter(home.path / "audit.log", key=keystore.audit_key()))
         site_key = keystore.site_key(config.site)
         sims: dict[str, CabinetSim] = {}
@@ -191,7 +195,6 @@ async def open_site(
             await stack.enter_async_context(controller)
         # The line's store catches up with outcomes a crash left unapplied (collection.py, 3).
         catch_up(store, cabinets)
-        bridge = Bridge(store)
         service = CollectionService(
             controller,
             cabinets,

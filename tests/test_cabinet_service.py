@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -133,6 +135,60 @@ def test_deposit_find_retrieve_round_trip(tmp_path: Path) -> None:
             assert all(c.online for c in status.cabinets) and status.discrepancies == ()
 
     run(scenario())
+
+
+def test_outcomes_moved_on_a_thread_are_awaited_and_a_failure_is_audited(tmp_path: Path) -> None:
+    """Callbacks that return a Future (personaliser.collection.FollowingBridge) run off the event
+    loop; a flow answers only once the card's move has ended, and a move that fails is audited
+    (the card's own outcome stands: the next start's catch-up applies the move)."""
+    worker = ThreadPoolExecutor(max_workers=1)
+    moved: dict[str, float] = {}
+
+    def slow(application_id: str) -> None:
+        time.sleep(0.2)  # the line store's synced commit, exaggerated
+        moved[application_id] = time.monotonic()
+
+    def broken(application_id: str) -> None:
+        raise OSError("disk full")
+
+    def on_issued(application_id: str, _officer: str) -> Future[None]:
+        return worker.submit(broken if application_id == "APP0002" else slow, application_id)
+
+    async def scenario() -> None:
+        async with started_site(tmp_path, {"C1": (2, 4)}) as site:
+            service = CollectionService(
+                site.controller,
+                site.store,
+                LOOKUP_KEY,
+                on_stocked=lambda a, _c, _s: worker.submit(slow, a),
+                on_issued=on_issued,
+                operation_timeout=WAIT,
+            )
+            cards = [new_card(n) for n in (1, 2)]
+            service.register_cards(cards)
+            report = await service.deposit("op1", [c.application_id for c in cards])
+            answered = time.monotonic()
+            assert report.counts() == {"stocked": 2}
+            assert set(moved) == {"APP0001", "APP0002"} and max(moved.values()) <= answered
+
+            result = await service.retrieve(OFFICER, "APP0001", receipt(1))
+            assert result.outcome == "issued" and moved["APP0001"] <= time.monotonic()
+            assert moved["APP0001"] > answered  # the ISSUED move, not the STOCKED one
+            result = await service.retrieve(OFFICER, "APP0002", receipt(2))
+            assert result.outcome == "issued"
+            assert site.store.card("APP0002").state is CardState.ISSUED  # type: ignore[union-attr]
+            (failed,) = site.entries("listener.failed")
+            assert failed["payload"] == {
+                "application_id": "APP0002",
+                "card_state": "ISSUED",
+                "error": "OSError",
+            }
+            assert "disk full" not in site.audit.path.read_text()
+
+    try:
+        run(scenario())
+    finally:
+        worker.shutdown()
 
 
 # -- refusals ---------------------------------------------------------------------------------------

@@ -4,14 +4,17 @@ card life cycle, catching up after a crash between the two stores; and the CLI a
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ecabinet.store import CabinetStore, CardState, CommandRow, lookup_digest
 from personaliser.cli import main
-from personaliser.collection import Bridge, catch_up, hand_over
+from personaliser.collection import Bridge, FollowingBridge, catch_up, hand_over
+from personaliser.errors import IllegalTransitionError
 from personaliser.keystore import FileKeystore
 from personaliser.lifecycle import State
 from personaliser.operations import Home
@@ -120,6 +123,47 @@ def test_outcomes_follow_and_a_crash_between_the_stores_is_caught_up(
         assert catch_up(store, cabinets) == 0
         moves = [e.to_state for e in store.events(application_id=ids[2]) if e.kind == "transition"]
         assert moves.count("ISSUED") == 1
+
+
+def test_following_bridge_moves_in_order_off_the_callers_thread(
+    tmp_path: Path, demo_home: Path
+) -> None:
+    home, keystore = fresh(tmp_path, demo_home)
+    with home.open_store(keystore) as store, CabinetStore(home.path / "cabinet.db") as cabinets:
+        register(cabinets, {r.office or "" for r in store.list_applications(state=State.PASSED)})
+        hand_over(store, cabinets, keystore.lookup_key())
+        every = [c.application_id for c in cabinets.cards()]
+        ids, waiting = every[:3], every[3]
+        for application_id in ids:
+            _stock(cabinets, application_id)
+            _issue(cabinets, application_id)
+        bridge = FollowingBridge(store)
+        threads: list[str] = []
+        real = store.transition
+
+        def transition(*args: Any, **kw: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return real(*args, **kw)
+
+        store.transition = transition  # type: ignore[method-assign]
+        moves = []
+        for application_id in ids:  # asked for back to back: STOCKED must still come first
+            moves.append(bridge.stocked(application_id, "C1", "1-1"))
+            moves.append(bridge.issued(application_id, "officer-1"))
+        bridge.close()  # waits for the moves asked for
+        assert all(m.done() and m.exception() is None for m in moves)
+        assert len(threads) == 6 and threading.current_thread().name not in threads
+        for application_id in ids:
+            assert store.get(application_id).state is State.ISSUED
+            assert store.get(application_id).purged
+        # A move the card cannot take (ISSUED while DISPATCHED) fails in its Future, not in
+        # the caller.
+        late = FollowingBridge(store)
+        try:
+            refused = late.issued(waiting, "officer-1").exception(timeout=10)
+            assert isinstance(refused, IllegalTransitionError)
+        finally:
+            late.close()
 
 
 def test_cli_officer_dispatch_find_and_audit_tamper(
