@@ -28,7 +28,9 @@ from ecabinet.allocation import (
 )
 from ecabinet.audit import (
     GENESIS_HASH,
+    MAX_AHEAD,
     PERSONAL_FIELDS,
+    AuditBatch,
     AuditChain,
     AuditEntry,
     AuditHead,
@@ -160,6 +162,7 @@ __all__ = [
     "GENESIS_HASH",
     "KEY_BYTES",
     "MAC_HEX_CHARS",
+    "MAX_AHEAD",
     "MAX_COUNTER",
     "MAX_DRAWERS",
     "MAX_PAYLOAD_BYTES",
@@ -175,6 +178,7 @@ __all__ = [
     "Action",
     "Allocation",
     "AnyMessage",
+    "AuditBatch",
     "AuditChain",
     "AuditEntry",
     "AuditError",

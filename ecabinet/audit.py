@@ -18,9 +18,13 @@ What the plain chain cannot see, and what we chose to add:
   auditor without the key can still check the chain itself.
 - **Entries cut from the end.**  A prefix of a valid chain is a valid chain.  The writer therefore
   keeps an *anchor* next to the log (``<log>.head``: entry count and last hash, MAC'd when keyed),
-  replaced atomically after each append.  The log may run one entry ahead of its anchor (a crash
-  between the two writes); the next writer repairs that.  Without a key the anchor catches
-  accidents, not an attacker who also rewrites it; with a key it catches both.
+  replaced atomically after each append or batch.  The log may run up to :data:`MAX_AHEAD`
+  entries ahead of its anchor (a crash between writing a batch and its anchor), provided the first
+  entry after the anchored ones chains to the anchor; the next writer repairs that.  Without a
+  key the anchor catches accidents, not an attacker who also rewrites it; with a key it catches
+  both.
+- **Group commit.**  :meth:`AuditWriter.append_many` writes a batch of entries with one write,
+  one fsync and one anchor update, so the cost of durability is paid per batch, not per entry.
 - **Personal data.**  Payloads are ids and codes (DESIGN §3 data minimisation): the writer refuses
   floats, long or unprintable strings and the field names of personal data in :data:`PERSONAL_FIELDS`.
 """
@@ -34,7 +38,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +50,9 @@ from ecabinet.security import KEY_BYTES, canonical_json
 
 __all__ = [
     "GENESIS_HASH",
+    "MAX_AHEAD",
     "PERSONAL_FIELDS",
+    "AuditBatch",
     "AuditChain",
     "AuditEntry",
     "AuditHead",
@@ -57,6 +63,12 @@ __all__ = [
 ]
 
 GENESIS_HASH: Final = "0" * 64
+
+#: The most entries one batch may hold, and so the most the log may run ahead of its anchor after
+#: a crash between writing a batch and writing its anchor.  Bounded so that opening a log after a
+#: crash reads a bounded tail, and so that a log far ahead of its anchor stays an error
+#: (entries appended by someone else, or an anchor restored from an old copy).
+MAX_AHEAD: Final = 256
 
 #: Field names that would carry personal data (DESIGN §3): refused in any payload, at any depth.
 PERSONAL_FIELDS: Final = frozenset(
@@ -77,6 +89,7 @@ _FIELDS: Final = frozenset({"index", "timestamp", "actor", "kind", "payload", "p
 _MAX_STRING: Final = 256
 _MAX_DEPTH: Final = 4
 _MAX_LINE: Final = 64 * 1024
+_CHUNK: Final = 8192
 
 
 def _timestamp(moment: datetime) -> str:
@@ -163,6 +176,18 @@ class AuditHead:
 
 
 EMPTY_HEAD: Final = AuditHead(0, GENESIS_HASH)
+
+#: One item of :meth:`AuditWriter.append_many`: actor, kind, payload.
+AuditItem = tuple[str, str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditBatch:
+    """What :meth:`AuditWriter.append_many` did: the entries written, in order, and the items
+    the chain refused, each as (its position in the items, the ``ValueError``/``TypeError``)."""
+
+    entries: tuple[AuditEntry, ...]
+    refused: tuple[tuple[int, Exception], ...]
 
 
 class AuditChain:
@@ -255,7 +280,8 @@ def verify_lines(
     """Verify a log given as its lines (without newlines); return its head.
 
     ``AuditError(index, reason)`` at the first bad position.  With ``head`` (an anchor), the log
-    must end at it, or one entry after it (a crash between writing the entry and the anchor).
+    must end at it, or run at most :data:`MAX_AHEAD` entries past it (a crash between writing a
+    batch and its anchor) with the entry at ``head.count`` chaining to ``head.hash``.
     """
     _check_key(key)
     previous = GENESIS_HASH
@@ -274,8 +300,10 @@ def verify_lines(
     if head is not None:
         if count < head.count:
             raise AuditError(count, "log ends before its anchor (entries removed from the end)")
-        if count > head.count + 1:
-            raise AuditError(head.count + 1, "entries after the anchor")
+        if count > head.count + MAX_AHEAD:
+            raise AuditError(head.count + MAX_AHEAD, "entries after the anchor")
+        # The chain is verified, so the entry at head.count chains to head.hash exactly when the
+        # entry before it (or the genesis, for an empty anchor) has that hash.
         if anchored != head.hash:
             raise AuditError(max(head.count - 1, 0), "the anchored entry has another hash")
     return AuditHead(count, previous)
@@ -335,7 +363,8 @@ def verify(
 
 
 class AuditWriter:
-    """Appends entries to a JSONL file: one writer at a time (``flock``), ``fsync`` per entry.
+    """Appends entries to a JSONL file: one writer at a time (``flock``), ``fsync`` per append,
+    or per batch with :meth:`append_many`.
 
     After a failed write the writer refuses further appends: the file may end mid-entry, and the
     next writer opened on it drops that torn tail (never acknowledged to anyone) and records
@@ -380,22 +409,44 @@ class AuditWriter:
         return self._chain.head
 
     def append(self, actor: str, kind: str, payload: Mapping[str, Any]) -> AuditEntry:
-        if self._broken:
-            raise AuditError(self._chain.head.count, "writer stopped after a failed write")
+        """Write one entry, durable when this returns.  The chain's ``ValueError``/``TypeError``
+        for an entry it refuses (nothing written); ``AuditError`` if the write fails."""
+        self._check_usable()
         entry = self._chain.append(actor, kind, payload, self._clock())
-        data = entry.to_line() + b"\n"
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            if self._fsync:
-                os.fsync(self._fd)
-            if self._anchor:
-                self._write_anchor(self._chain.head)
-        except OSError as exc:
-            self._broken = True
-            raise AuditError(entry.index, "write failed") from exc
+        self._commit((entry,))
         return entry
+
+    def append_many(self, items: Sequence[AuditItem]) -> AuditBatch:
+        """Write a batch of entries, durable together when this returns: one write, one fsync,
+        one anchor update (group commit).
+
+        An item the chain refuses (what makes :meth:`append` raise ``ValueError``/``TypeError``)
+        is skipped, the chain head does not move for it, and it is reported with its position in
+        :attr:`AuditBatch.refused`; the others are written in order.  ``ValueError`` for more than
+        :data:`MAX_AHEAD` items (the caller splits them); ``AuditError`` if the write fails, after
+        which the writer is stopped as after a failed :meth:`append`.
+        """
+        self._check_usable()
+        if len(items) > MAX_AHEAD:
+            raise ValueError(f"at most {MAX_AHEAD} entries per batch")
+        start = self._chain.head
+        entries: list[AuditEntry] = []
+        refused: list[tuple[int, Exception]] = []
+        try:
+            for position, item in enumerate(items):
+                try:
+                    actor, kind, payload = item
+                    entries.append(self._chain.append(actor, kind, payload, self._clock()))
+                except (ValueError, TypeError) as exc:
+                    refused.append((position, exc))
+        except BaseException:
+            # The clock failed (or an interrupt): none of the batch is written, so none of it may
+            # stay in the chain either, or the next entry would chain to one that is not on disk.
+            self._chain = AuditChain(key=self._key, head=start)
+            raise
+        if entries:
+            self._commit(entries)
+        return AuditBatch(tuple(entries), tuple(refused))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -416,6 +467,25 @@ class AuditWriter:
     def __repr__(self) -> str:
         return f"AuditWriter({str(self.path)!r}, entries={self.head.count}, keyed={self._key is not None})"
 
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise AuditError(self._chain.head.count, "writer stopped after a failed write")
+
+    def _commit(self, entries: Sequence[AuditEntry]) -> None:
+        """Make entries already in the chain durable: one write loop, one fsync, one anchor."""
+        data = b"".join([entry.to_line() + b"\n" for entry in entries])
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self._fsync:
+                os.fsync(self._fd)
+            if self._anchor:
+                self._write_anchor(self._chain.head)
+        except OSError as exc:
+            self._broken = True
+            raise AuditError(entries[0].index, "write failed") from exc
+
     # -- opening an existing log ------------------------------------------------------------
 
     def _drop_torn_tail(self) -> int:
@@ -433,7 +503,7 @@ class AuditWriter:
         """Offset of the last ``\\n`` in the file, or -1."""
         pos = size
         while pos > 0:
-            start = max(0, pos - 8192)
+            start = max(0, pos - _CHUNK)
             chunk = os.pread(self._fd, pos - start, start)
             found = chunk.rfind(b"\n")
             if found >= 0:
@@ -442,34 +512,96 @@ class AuditWriter:
         return -1
 
     def _recover_head(self) -> AuditHead:
+        # Only the anchor and the tail from the anchored entry on (at most MAX_AHEAD + 1 entries)
+        # are read here, so that a long log opens quickly; verify() checks every entry.
         size = os.fstat(self._fd).st_size
-        prev_hash = None
-        if size == 0:
-            last = EMPTY_HEAD
-        else:
-            count = self._count_lines(size)
-            before = self._last_newline(size - 1)
-            line = os.pread(self._fd, size - 1 - (before + 1), before + 1)
-            record = _parse_entry(count - 1, line, self._key)
-            if record["index"] != count - 1:
-                raise AuditError(count - 1, "index out of sequence: verify the log")
-            last = AuditHead(count, record["hash"])
-            prev_hash = record["prev_hash"]
-        # Only the last entry and the anchor are checked here, to open a long log quickly;
-        # verify() checks every entry.
+        last = EMPTY_HEAD
+        if size:
+            (record,) = self._tail(size, 1)
+            last = AuditHead(record["index"] + 1, record["hash"])
         stored = _read_anchor(self.path)
-        anchor = None if stored is None else stored[0]
-        if stored is not None and anchor is not None:
-            _check_anchor_mac(anchor, stored[1], self._key)
-            ahead = last.count - anchor.count
-            agrees = (ahead == 0 and anchor.hash == last.hash) or (
-                ahead == 1 and anchor.hash == prev_hash
-            )
-            if not agrees:
-                raise AuditError(min(last.count, anchor.count), "log and anchor disagree")
+        anchor = None
+        if stored is not None:
+            anchor, mac = stored
+            _check_anchor_mac(anchor, mac, self._key)
+            self._check_anchor(size, last, anchor)
         if self._anchor and anchor != last:
             self._write_anchor(last)
         return last
+
+    def _check_anchor(self, size: int, last: AuditHead, anchor: AuditHead) -> None:
+        """The log ends at its anchor, or runs at most MAX_AHEAD entries past it with the entry
+        at ``anchor.count`` chaining to ``anchor.hash`` (a crash between a batch and its anchor:
+        the caller repairs the anchor).  The same rule as :func:`verify_lines`."""
+        ahead = last.count - anchor.count
+        if ahead < 0:
+            raise AuditError(
+                last.count, "log ends before its anchor (entries removed from the end)"
+            )
+        if ahead > MAX_AHEAD:
+            raise AuditError(anchor.count + MAX_AHEAD, "entries after the anchor")
+        if anchor.count == 0:
+            if anchor.hash != GENESIS_HASH:
+                raise AuditError(0, "the anchored entry has another hash")
+            if ahead:
+                first = self._tail(size, ahead)[0]
+                if first["prev_hash"] != GENESIS_HASH:
+                    raise AuditError(0, "does not chain to the previous entry")
+            return
+        # The anchored entry and every entry after it, chained to one another by _tail.
+        anchored = self._tail(size, ahead + 1)[0]
+        if anchored["hash"] != anchor.hash:
+            raise AuditError(anchor.count - 1, "the anchored entry has another hash")
+
+    def _tail(self, size: int, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` entries, parsed (MACs checked), in index sequence and chained to one
+        another.  Fewer lines than ``n`` is an error: the last entry's index claims more."""
+        lines, first = self._tail_lines(size, n)
+
+        def position(i: int) -> int:
+            # Counting every line costs a read of the whole file: only to report an error.
+            return (self._count_lines(size) - len(lines) if first is None else first) + i
+
+        records: list[dict[str, Any]] = []
+        for i, line in enumerate(lines):
+            try:
+                record = _parse_entry(i, line, self._key)
+            except AuditError as exc:
+                raise AuditError(position(i), exc.reason) from None
+            if records:
+                in_sequence = record["index"] == records[-1]["index"] + 1
+            elif first is not None:
+                in_sequence = record["index"] == first
+            else:
+                # The lines before it are not read: its position is unknown, but not 0.
+                in_sequence = record["index"] >= 1
+            if not in_sequence:
+                raise AuditError(position(i), "index out of sequence: verify the log")
+            if records and record["prev_hash"] != records[-1]["hash"]:
+                raise AuditError(position(i), "does not chain to the previous entry")
+            records.append(record)
+        if len(records) < n:
+            raise AuditError(len(records), "index out of sequence: verify the log")
+        return records
+
+    def _tail_lines(self, size: int, n: int) -> tuple[list[bytes], int | None]:
+        """The last ``n`` lines (fewer if the file holds fewer), without their ends of line,
+        read backwards in chunks; and the position of the first of them if the read reached
+        the start of the file.  The file ends with an end of line (the torn tail is dropped)."""
+        if n < 1:
+            raise ValueError("n >= 1")
+        chunks: list[bytes] = []
+        pos, newlines = size, 0
+        # n + 1 ends of line: the n lines and the end of the line before them.
+        while pos > 0 and newlines <= n:
+            start = max(0, pos - _CHUNK)
+            chunk = os.pread(self._fd, pos - start, start)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+            pos = start
+        lines = b"".join(reversed(chunks)).split(b"\n")[:-1]
+        first = max(len(lines) - n, 0) if pos == 0 else None
+        return lines[-n:], first
 
     def _count_lines(self, size: int) -> int:
         count, offset = 0, 0

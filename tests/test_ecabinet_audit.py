@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecabinet.audit import (
     GENESIS_HASH,
+    MAX_AHEAD,
     AuditChain,
     AuditHead,
     AuditWriter,
@@ -344,3 +347,335 @@ def test_fields_of_the_wrong_type_are_refused(log: Path) -> None:
     lines[1] = _rehash(lines[1], index=True)  # true == 1 in Python: must not pass as index 1
     _save(log, lines)
     assert "type" in _fails_at(log, 1)
+
+
+# -- group commit: append_many -----------------------------------------------------------------
+
+
+def _items(start: int, n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        ("controller", "cabinet.command", {"cabinet": "C1", "command_id": f"cmd-{i}", "n": i})
+        for i in range(start, start + n)
+    ]
+
+
+def _write_batches(path: Path, sizes: list[int], *, key: bytes | None = None) -> None:
+    with AuditWriter(path, key=key, clock=_clock(), fsync=False) as log:
+        done = 0
+        for size in sizes:
+            batch = log.append_many(_items(done, size))
+            assert not batch.refused
+            done += size
+
+
+class _Calls:
+    """Counts calls of an ``os`` function on the audit log's file (by inode), passing them on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, path: Path) -> None:
+        self.calls = 0
+        self._path = path
+        real = getattr(os, name)
+
+        def counting(fd: int, *args: Any) -> Any:
+            if os.fstat(fd).st_ino == self._path.stat().st_ino:
+                self.calls += 1
+            return real(fd, *args)
+
+        monkeypatch.setattr(os, name, counting)
+
+
+def test_append_many_writes_one_batch_durably_with_one_anchor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditWriter(path, key=KEY, clock=_clock(), fsync=True) as log:
+        log.append("controller", "controller.started", {"site": "S1"})
+        writes = _Calls(monkeypatch, "write", path)
+        fsyncs = _Calls(monkeypatch, "fsync", path)
+        anchors: list[AuditHead] = []
+        real_anchor = AuditWriter._write_anchor
+
+        def anchor(self: AuditWriter, head: AuditHead) -> None:
+            anchors.append(head)
+            real_anchor(self, head)
+
+        monkeypatch.setattr(AuditWriter, "_write_anchor", anchor)
+        batch = log.append_many(_items(0, 40))
+        assert (writes.calls, fsyncs.calls) == (1, 1)
+        assert anchors == [log.head] == [AuditHead(41, batch.entries[-1].hash)]
+    assert [e.index for e in batch.entries] == list(range(1, 41)) and batch.refused == ()
+    verify(path, key=KEY, anchored=True)
+    assert [json.loads(line)["hash"] for line in _lines(path)[1:]] == [
+        e.hash for e in batch.entries
+    ]
+
+
+def test_append_many_matches_append_byte_for_byte(tmp_path: Path) -> None:
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    _write(one, 30, key=KEY)
+    _write_batches(many, [1, 12, 17], key=KEY)
+    assert one.read_bytes() == many.read_bytes()
+    assert head_path(one).read_bytes() == head_path(many).read_bytes()
+
+
+def test_refused_items_are_reported_and_the_rest_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    items: list[Any] = _items(0, 6)
+    items[1] = ("controller", "card.sensed", {"name": "CHAN Tai Man"})
+    items[3] = ("not a token", "card.sensed", {})
+    items[4] = ("controller", "card.sensed", ["not", "a", "mapping"])
+    with AuditWriter(path, key=KEY, clock=_clock(), fsync=False) as log:
+        batch = log.append_many(items)
+        assert log.head == AuditHead(3, batch.entries[-1].hash)
+    assert [position for position, _ in batch.refused] == [1, 3, 4]
+    assert [type(exc) for _, exc in batch.refused] == [ValueError, ValueError, TypeError]
+    assert all("CHAN" not in str(exc) for _, exc in batch.refused)
+    assert [e.payload["n"] for e in batch.entries] == [0, 2, 5]
+    assert [e.index for e in batch.entries] == [0, 1, 2]
+    verify(path, key=KEY, anchored=True)
+    assert b"CHAN" not in path.read_bytes()
+
+
+def test_a_refused_payload_leaves_the_chain_head_where_it_was() -> None:
+    chain = AuditChain(key=KEY)
+    chain.append("controller", "k", {"n": 1}, T0)
+    before = chain.head
+    for payload in ({"hkid": "A1234563"}, {"x": 0.5}, {"x": "y" * 300}):
+        with pytest.raises(ValueError):
+            chain.append("controller", "k", payload, T0)
+        assert chain.head == before
+    with pytest.raises(TypeError):
+        chain.append("controller", "k", [1], T0)  # type: ignore[arg-type]
+    assert chain.head == before
+
+
+def test_a_batch_that_is_all_refused_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditWriter(path, clock=_clock(), fsync=False) as log:
+        log.append_many(_items(0, 2))
+        data, anchor = path.read_bytes(), head_path(path).read_bytes()
+        batch = log.append_many([("controller", "k", {"name": "x"})])
+        assert batch.entries == () and [p for p, _ in batch.refused] == [0]
+        assert log.append_many([]) == type(batch)((), ())
+        assert (path.read_bytes(), head_path(path).read_bytes()) == (data, anchor)
+
+
+def test_too_many_items_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditWriter(path, clock=_clock(), fsync=False) as log:
+        with pytest.raises(ValueError, match=str(MAX_AHEAD)):
+            log.append_many(_items(0, MAX_AHEAD + 1))
+        assert log.head.count == 0
+        assert len(log.append_many(_items(0, MAX_AHEAD)).entries) == MAX_AHEAD
+    assert path.read_bytes().count(b"\n") == MAX_AHEAD
+
+
+def test_a_failing_clock_leaves_nothing_of_the_batch_in_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    ticks = _clock()
+    calls = 0
+
+    def clock() -> datetime:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("clock unavailable")
+        return ticks()
+
+    with AuditWriter(path, clock=clock, fsync=False) as log:
+        log.append_many(_items(0, 2))
+        with pytest.raises(RuntimeError):
+            log.append_many(_items(2, 3))  # fails at its second item
+        assert log.head.count == 2
+        log.append_many(_items(2, 3))
+    verify(path, anchored=True)
+    assert [json.loads(line)["payload"]["n"] for line in _lines(path)] == [0, 1, 2, 3, 4]
+
+
+def test_a_failed_batch_write_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditWriter(path, clock=_clock(), fsync=True) as log:
+        log.append_many(_items(0, 2))
+
+        def full(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(AuditError, match="write failed") as info:
+            log.append_many(_items(2, 3))
+        assert info.value.index == 2 and isinstance(info.value.__cause__, OSError)
+        monkeypatch.undo()
+        for attempt in (lambda: log.append_many(_items(5, 1)), lambda: log.append("a", "k", {})):
+            with pytest.raises(AuditError, match="stopped"):
+                attempt()
+
+
+def test_append_still_raises_for_a_refused_payload(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditWriter(path, clock=_clock(), fsync=False) as log:
+        log.append("a", "k", {"n": 1})
+        with pytest.raises(ValueError):
+            log.append("a", "k", {"portrait": "x"})
+        assert log.head.count == 1
+        assert log.append("a", "k", {"n": 2}).index == 1
+    verify(path, anchored=True)
+
+
+# -- a crash between a batch and its anchor -----------------------------------------------------
+
+
+def _crashed_before_anchor(path: Path, base: int, ahead: int, *, key: bytes | None = KEY) -> None:
+    """``base`` entries anchored, then ``ahead`` more whose anchor write never happened."""
+    _write_batches(path, [base] if base else [], key=key)
+    anchor = head_path(path).read_bytes()
+    with AuditWriter(path, key=key, clock=_clock(), fsync=False) as log:
+        while ahead:
+            ahead -= len(log.append_many(_items(0, min(ahead, MAX_AHEAD))).entries)
+    head_path(path).write_bytes(anchor)
+
+
+@pytest.mark.parametrize(
+    ("base", "ahead"), [(3, 2), (3, 17), (3, MAX_AHEAD), (0, 5), (0, MAX_AHEAD)]
+)
+def test_crash_between_batch_and_anchor_is_repaired(tmp_path: Path, base: int, ahead: int) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, base, ahead)
+    assert json.loads(head_path(path).read_bytes())["count"] == base
+    verify(path, key=KEY, anchored=True)  # up to MAX_AHEAD behind is a crash, not tampering
+    with AuditWriter(path, key=KEY, fsync=False) as log:
+        assert log.head.count == base + ahead
+    assert json.loads(head_path(path).read_bytes())["count"] == base + ahead
+    verify(path, key=KEY, anchored=True)
+
+
+@pytest.mark.parametrize("base", [0, 3])
+def test_more_than_max_ahead_after_the_anchor_is_refused(tmp_path: Path, base: int) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, base, MAX_AHEAD + 1)
+    anchor = head_path(path).read_bytes()
+    with pytest.raises(AuditError, match="entries after the anchor") as info:
+        verify(path, key=KEY)
+    assert info.value.index == base + MAX_AHEAD
+    with pytest.raises(AuditError, match="entries after the anchor") as info:
+        AuditWriter(path, key=KEY, fsync=False)
+    assert info.value.index == base + MAX_AHEAD
+    assert head_path(path).read_bytes() == anchor  # not "repaired"
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 5, MAX_AHEAD])
+def test_an_anchor_naming_another_entry_is_tampering(tmp_path: Path, ahead: int) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, 6, ahead)
+    other = json.loads(_lines(path)[4])["hash"]  # entry 4's hash, anchored as if it were entry 5
+    head_path(path).write_bytes(AuditHead(6, other).to_json(KEY))  # a valid MAC, even
+    with pytest.raises(AuditError, match="another hash") as info:
+        verify(path, key=KEY)
+    assert info.value.index == 5
+    with pytest.raises(AuditError, match="another hash") as info:
+        AuditWriter(path, key=KEY, fsync=False)
+    assert info.value.index == 5
+
+
+def test_an_empty_anchor_the_log_does_not_chain_to_is_tampering(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, 0, 4)
+    head_path(path).write_bytes(AuditHead(0, "1" * 64).to_json(KEY))
+    with pytest.raises(AuditError):
+        verify(path, key=KEY)
+    with pytest.raises(AuditError):
+        AuditWriter(path, key=KEY, fsync=False)
+
+
+def test_an_edit_in_the_unanchored_tail_is_not_anchored_over(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, 3, 5, key=None)
+    lines = _lines(path)
+    lines[5] = _rehash(lines[5], kind="forged")  # breaks the link from entry 6
+    _save(path, lines)
+    anchor = head_path(path).read_bytes()
+    with pytest.raises(AuditError) as info:
+        verify(path)
+    assert info.value.index == 6
+    with pytest.raises(AuditError, match="chain") as info:
+        AuditWriter(path, fsync=False)
+    assert info.value.index == 6
+    assert head_path(path).read_bytes() == anchor
+
+
+def test_a_removed_tail_entry_is_found_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _crashed_before_anchor(path, 3, 5)
+    lines = _lines(path)
+    del lines[5]
+    _save(path, lines)
+    with pytest.raises(AuditError, match="sequence: verify the log"):
+        AuditWriter(path, key=KEY, fsync=False)  # the last entry's index is not its position
+    assert "sequence" in _fails_at(path, 5, key=KEY)
+
+
+def test_a_long_log_opens_by_reading_only_its_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    total, behind = 20_000, 200
+    with AuditWriter(path, key=KEY, clock=lambda: T0, fsync=False) as log:
+        for start in range(0, total - behind, 200):
+            log.append_many(_items(start, 200))
+    anchor = head_path(path).read_bytes()
+    with AuditWriter(path, key=KEY, clock=lambda: T0, fsync=False) as log:
+        log.append_many(_items(total - behind, behind))
+    head_path(path).write_bytes(anchor)
+    size = path.stat().st_size
+    longest = max(len(line) + 1 for line in _lines(path)[-(behind + 2) :])
+    read = 0
+    real_pread = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        nonlocal read
+        data = real_pread(fd, n, offset)
+        read += len(data)
+        return data
+
+    monkeypatch.setattr(os, "pread", pread)
+    with AuditWriter(path, key=KEY, fsync=False) as log:
+        assert log.head.count == total
+    # The torn-tail check, the last entry, then the anchored entry and the 200 after it:
+    # each read backwards in chunks of 8 KiB, so at most a chunk more than the lines.
+    assert read <= (1 + 1 + behind + 1) * longest + 3 * 8192
+    assert read < size // 20
+    assert json.loads(head_path(path).read_bytes())["count"] == total
+    monkeypatch.undo()
+    verify(path, key=KEY, anchored=True)
+
+
+@given(
+    n=st.integers(0, 2 * MAX_AHEAD + 10),
+    sizes=st.lists(st.integers(1, MAX_AHEAD), min_size=1, max_size=20),
+    crash=st.booleans(),
+)
+@settings(max_examples=40, deadline=None)
+def test_any_split_into_batches_gives_the_same_log(n: int, sizes: list[int], crash: bool) -> None:
+    clock = _clock()
+    chain = AuditChain(key=KEY)
+    expected = b"".join(chain.append(*item, clock()).to_line() + b"\n" for item in _items(0, n))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.jsonl"
+        with AuditWriter(path, key=KEY, clock=_clock(), fsync=False) as log:
+            done, turn, anchor = 0, 0, head_path(path).read_bytes()
+            while done < n:
+                size = min(sizes[turn % len(sizes)], n - done)
+                anchor = head_path(path).read_bytes()
+                assert len(log.append_many(_items(done, size)).entries) == size
+                done, turn = done + size, turn + 1
+            assert log.head == chain.head
+        assert path.read_bytes() == expected
+        assert verify_lines(_lines(path), key=KEY) == chain.head
+        if crash:  # the last batch's anchor never written
+            head_path(path).write_bytes(anchor)
+        verify(path, key=KEY, anchored=True)
+        with AuditWriter(path, key=KEY, fsync=False) as reopened:
+            assert reopened.head == chain.head
+        verify(path, key=KEY, anchored=True)
+        assert head_path(path).read_bytes() == chain.head.to_json(KEY)
