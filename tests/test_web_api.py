@@ -120,6 +120,29 @@ def test_sessions_bearer_logout_and_unauthenticated(service: Service) -> None:
     assert c.get("/api/line", headers=headers).status_code == 401
 
 
+def test_a_refused_caller_is_told_so_before_any_validation(service: Service) -> None:
+    """A malformed body does not get a 422 (and with it the route's schema) past the access
+    check: no session -> 401, the wrong role -> 403 (audited), the right role -> 422."""
+    path = "/api/cabinet/retrieve"
+
+    def malformed(headers: dict[str, str]) -> Any:
+        sent = {**headers, "Content-Type": "application/json"}
+        return service.client.post(path, content=b"{not json", headers=sent)
+
+    anonymous = malformed({})
+    assert (anonymous.status_code, anonymous.json()) == (401, {"error": "not_authenticated"})
+    wrong_role = malformed(service.login("op1"))
+    assert (wrong_role.status_code, wrong_role.json()) == (403, {"error": "role"})
+    refused = [e for e in service.audit_entries()
+               if e["kind"] == "http.refused" and e["actor"] == "op1"
+               and e["payload"].get("route") == path]  # fmt: skip
+    assert refused and refused[-1]["payload"]["reason"] == "role"
+    allowed = malformed(service.login("co1"))
+    assert allowed.status_code == 422 and allowed.json()["error"] == "validation"
+    # A body that parses but does not fit the model: the access check first as well.
+    assert service.client.post(path, json={"application_id": 7}).status_code == 401
+
+
 def test_cookie_session_needs_the_csrf_token_for_changes(service: Service) -> None:
     c = service.client
     page = c.post(

@@ -12,7 +12,8 @@
     ecabinet.controller.CommandTimeoutError  504 cabinet_timeout
     personaliser NotFoundError               404 not_found
     IllegalTransitionError, DuplicateError, PersonalDataError   409
-    RequestValidationError, ValueError       422 validation (field locations and messages only)
+    RequestValidationError, ValueError       422 validation (field locations and messages only),
+                                             but only once the route's access check has passed
     starlette HTTPException                  its own status, {"error": <short code>}
 
 Bodies are :class:`~personaliser.web.models.ErrorBody`: a code and, for validation, where the
@@ -22,7 +23,8 @@ data.  Anything else is a bug and stays a 500.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +42,35 @@ from personaliser.errors import (
 )
 from personaliser.web.models import ErrorBody
 
-__all__ = ["ERROR_RESPONSES", "ApiError", "install_error_handlers", "status_of"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "ApiError",
+    "access_check",
+    "install_error_handlers",
+    "status_of",
+]
+
+#: Marks a dependency that decides who may call a route (401/403): see ``access_check``.
+_ACCESS_CHECK: Final = "__perso_access_check__"
+
+_Check = TypeVar("_Check", bound=Callable[[Request], Awaitable[Any]])
+
+
+def access_check(dependency: _Check) -> _Check:
+    """Mark ``dependency`` (taking the request) as a route's access check.  FastAPI reads and
+    validates a request's body before it runs the dependencies, so a caller without a session,
+    or without the role, would learn from a 422 what a route expects; the validation handler
+    runs the marked checks first, and the caller gets their 401/403 (audited like any other)."""
+    setattr(dependency, _ACCESS_CHECK, True)
+    return dependency
+
+
+async def _refused_first(request: Request) -> None:
+    """Run the matched route's access checks (raising their ApiError), in declaration order."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    for sub in getattr(dependant, "dependencies", ()):
+        if getattr(sub.call, _ACCESS_CHECK, False):
+            await sub.call(request)
 
 
 class ApiError(Exception):
@@ -122,6 +152,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        try:
+            await _refused_first(request)
+        except ApiError as refusal:
+            return await known(request, refusal)
         return JSONResponse(_body("validation", _validation_detail(exc)), status_code=422)
 
     async def http(request: Request, exc: Exception) -> JSONResponse:

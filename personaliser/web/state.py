@@ -28,7 +28,7 @@ from personaliser.web.auth import (
     SessionStore,
     allowed,
 )
-from personaliser.web.errors import ApiError
+from personaliser.web.errors import ApiError, access_check
 from personaliser.web.linerun import LineRunner
 
 __all__ = [
@@ -102,6 +102,7 @@ def session_of(request: Request, state: WebState) -> tuple[str, Session, bool] |
     return token, session, by_cookie
 
 
+@access_check
 async def authenticated(request: Request) -> Session:
     """Dependency: the request's session; 401 without one; 403 csrf for a cookie-authenticated
     state-changing request without the session's CSRF token."""
@@ -143,4 +144,4 @@ def officer_with(permission: Permission) -> Callable[[Request], Awaitable[Office
         return officer
 
     dependency.__name__ = f"officer_with_{permission.name.lower()}"
-    return dependency
+    return access_check(dependency)
