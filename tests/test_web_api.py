@@ -4,6 +4,7 @@ the hand-over, and errors without input values."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -141,6 +142,34 @@ def test_a_refused_caller_is_told_so_before_any_validation(service: Service) -> 
     assert allowed.status_code == 422 and allowed.json()["error"] == "validation"
     # A body that parses but does not fit the model: the access check first as well.
     assert service.client.post(path, json={"application_id": 7}).status_code == 401
+
+
+def test_metrics_scrape_token_reads_metrics_and_nothing_else(service: Service) -> None:
+    token = "prometheus-scrape-token-0123456789"
+    state = service.app.state.web
+    state.metrics_token_digest = hashlib.sha256(token.encode()).digest()
+    try:
+        bearer = {"Authorization": f"Bearer {token}"}
+        scraped = service.client.get("/metrics", headers=bearer)
+        assert scraped.status_code == 200 and "perso_" in scraped.text
+        assert (
+            service.client.get(
+                "/metrics", headers={"Authorization": f"Bearer {token}x"}
+            ).status_code
+            == 401
+        )
+        # The scrape token is not a session: nothing else opens with it.
+        assert service.client.get("/api/line", headers=bearer).status_code == 401
+        assert service.client.get("/api/cabinet/status", headers=bearer).status_code == 401
+        # Engineers keep reading with their session; other roles are still refused.
+        assert service.client.get("/metrics", headers=service.login("en1")).status_code == 200
+        assert service.client.get("/metrics", headers=service.login("co1")).status_code == 403
+    finally:
+        state.metrics_token_digest = None
+    assert (
+        service.client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 401
+    )
 
 
 def test_cookie_session_needs_the_csrf_token_for_changes(service: Service) -> None:

@@ -4,11 +4,14 @@ digests, CSRF comparison, the login limiter's windows, and the role matrix's sha
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from ecabinet.officers import Officer, Role
+from personaliser.errors import ConfigError
 from personaliser.web.auth import PERMISSIONS, LoginLimiter, Permission, SessionStore, allowed
+from personaliser.web.cli import read_metrics_token
 
 
 class Clock:
@@ -100,3 +103,24 @@ def test_role_matrix_covers_every_permission_and_keeps_roles_apart() -> None:
 def test_session_store_refuses_nonsense_limits(idle: float, absolute: float) -> None:
     with pytest.raises(ValueError, match="idle_s"):
         SessionStore(idle_s=idle, absolute_s=absolute)
+
+
+def test_metrics_token_file_is_private_long_and_kept_as_a_digest(tmp_path: Path) -> None:
+    token = "s" * 20 + "0123456789abcdef"
+    good = tmp_path / "scrape.token"
+    good.write_text(token + "\n", encoding="utf-8")
+    good.chmod(0o600)
+    assert read_metrics_token(good) == hashlib.sha256(token.encode()).digest()
+    good.chmod(0o640)
+    with pytest.raises(ConfigError, match="chmod 600") as shared:
+        read_metrics_token(good)
+    assert token not in str(shared.value)
+    for bad in ("short", "two words " + token, ""):
+        weak = tmp_path / "weak.token"
+        weak.write_text(bad, encoding="utf-8")
+        weak.chmod(0o600)
+        with pytest.raises(ConfigError, match="at least 32") as info:
+            read_metrics_token(weak)
+        assert bad not in str(info.value) or not bad
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_metrics_token(tmp_path / "missing.token")

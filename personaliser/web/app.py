@@ -85,6 +85,9 @@ class WebSettings:
     line_out: Path | None = None  # default HOME/out
     wait_online_s: float = 10.0
     clock: Callable[[], float] = time.monotonic
+    #: The Prometheus scrape token's SHA-256 (``--metrics-token-file``): /metrics accepts it as a
+    #: bearer token besides an engineer's session.  Only the digest is kept.
+    metrics_token_digest: bytes | None = field(default=None, repr=False)
 
 
 class _Observe:
@@ -173,6 +176,7 @@ def create_app(home: Home, site_config: SiteConfig, settings: WebSettings | None
                 line=runner,
                 registry=registry,
                 secure_cookies=conf.secure_cookies,
+                metrics_token_digest=conf.metrics_token_digest,
             )
             app.state.web = state
             state.audit("web", "service.started", {"site": site_config.site})

@@ -8,6 +8,8 @@ pool.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -59,6 +61,8 @@ class WebState:
     line: LineRunner
     registry: CollectorRegistry
     secure_cookies: bool
+    #: SHA-256 of the Prometheus scrape token (``perso serve --metrics-token-file``), or None.
+    metrics_token_digest: bytes | None = None
 
     def __repr__(self) -> str:
         return f"WebState({self.home.path})"
@@ -145,3 +149,19 @@ def officer_with(permission: Permission) -> Callable[[Request], Awaitable[Office
 
     dependency.__name__ = f"officer_with_{permission.name.lower()}"
     return access_check(dependency)
+
+
+@access_check
+async def metrics_reader(request: Request) -> str:
+    """Dependency of ``/metrics``: the Prometheus scraper with the scrape token (a bearer token of
+    its own, so that scraping needs no officer's session and no officer's session expires under
+    it; compared as digests in constant time), else an officer whose role may read metrics.
+    Returns the actor."""
+    state = web_state(request)
+    token, by_cookie = request_token(request)
+    if state.metrics_token_digest is not None and token is not None and not by_cookie:
+        presented = hashlib.sha256(token.encode("utf-8")).digest()
+        if hmac.compare_digest(presented, state.metrics_token_digest):
+            return "metrics-scraper"
+    officer = await officer_with(Permission.METRICS)(request)
+    return officer.officer_id

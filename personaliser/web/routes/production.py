@@ -45,7 +45,7 @@ from personaliser.web.models import (
     StationOut,
     StockOut,
 )
-from personaliser.web.state import WebState, officer_with, web_state
+from personaliser.web.state import WebState, metrics_reader, officer_with, web_state
 from scheduler import CapacityPlan, LineConfig, Plan
 
 __all__ = ["router"]
@@ -305,8 +305,9 @@ for _name in ("pause", "resume", "drain", "stop"):
 )  # fmt: skip
 async def metrics(
     request: Request,
-    officer: Annotated[Officer, Depends(officer_with(Permission.METRICS))],
+    reader: Annotated[str, Depends(metrics_reader)],
 ) -> Response:
     """Prometheus metrics: the line's (card transitions, stations, queues, rejects, stock) and
-    the service's (requests by route and status, latency).  Labels carry no personal data."""
+    the service's (requests by route and status, latency).  Labels carry no personal data.
+    Readable by an engineer's session or with the scrape token (``--metrics-token-file``)."""
     return Response(generate_latest(web_state(request).registry), media_type=CONTENT_TYPE_LATEST)
