@@ -74,6 +74,12 @@ log = logging.getLogger("ecabinet.sim")
 
 #: Messages kept for the broker while offline; beyond it the oldest go (and are counted).
 OUTBOX_LIMIT: Final = 10_000
+#: QoS 1 publishes handed to the client before the broker's PUBACK of the first: the reports of
+#: one door movement (ack, door opened, card gone) leave back to back instead of one broker round
+#: trip apart.  Order is kept: the client writes them in call order, and the broker forwards one
+#: client's messages in the order it received them (MQTT 3.1.1 and 5.0, 4.6 "Message ordering").
+#: Below Mosquitto's default receive maximum (20) so that the broker never has to hold them back.
+IN_FLIGHT: Final = 16
 HISTORY_LIMIT: Final = 10_000
 
 
@@ -206,8 +212,10 @@ class CabinetSim:
         self._journal: DeviceJournal | None = None
         self._persisted: CabinetState | None = None
         self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
-        self._outbox: deque[Publish] = deque()
+        self._outbox: deque[Publish] = deque()  # not yet handed to the client
+        self._inflight: deque[Publish] = deque()  # handed to it, waiting for the PUBACK
         self._outbox_ready = asyncio.Event()
+        self._write_error: BaseException | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -257,8 +265,8 @@ class CabinetSim:
 
     @property
     def queued(self) -> int:
-        """Messages waiting for the broker (Rule 2)."""
-        return len(self._outbox)
+        """Messages waiting for the broker (Rule 2): not yet sent, or sent and not acknowledged."""
+        return len(self._outbox) + len(self._inflight)
 
     def idle(self) -> bool:
         """Connected, nothing to handle, nothing moving, nothing waiting to be published."""
@@ -267,7 +275,7 @@ class CabinetSim:
             and self.connected
             and self._inbox.empty()
             and not self._handling
-            and not self._outbox
+            and not self.queued
             and self._device is not None
             and not self._device.busy()
         )
@@ -341,6 +349,7 @@ class CabinetSim:
         )
         self._inbox = asyncio.Queue()
         self._outbox.clear()
+        self._inflight.clear()
         self._outbox_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._closing = False
@@ -377,7 +386,7 @@ class CabinetSim:
             raise
         if self.connected:
             with contextlib.suppress(TimeoutError, SimError):
-                await self.wait_until(lambda: not self._outbox or not self.connected, timeout)
+                await self.wait_until(lambda: not self.queued or not self.connected, timeout)
         await self._halt()
         log.info("cabinet %s/%s stopped cleanly", self.site, self.cabinet)
 
@@ -637,7 +646,7 @@ class CabinetSim:
             # The newest retained message says all an older queued one would (Rule 2).
             self._outbox = deque(p for p in self._outbox if p.topic != publish.topic)
         self._outbox.append(publish)
-        while len(self._outbox) > OUTBOX_LIMIT:
+        while self._outbox and self.queued > OUTBOX_LIMIT:
             self._outbox.popleft()
             self.dropped += 1
         self._outbox_ready.set()
@@ -736,17 +745,50 @@ class CabinetSim:
         raise LinkError("connection closed")
 
     async def _write(self, link: MqttLink) -> None:
-        while True:
-            while not self._outbox:
-                self._outbox_ready.clear()
-                await self._outbox_ready.wait()
-            head = self._outbox[0]
-            await link.publish(head)
-            # Superseded while in flight (Rule 2)?  Then it is gone from the queue already.
-            if self._outbox and self._outbox[0] is head:
-                self._outbox.popleft()
-            self.published += 1
-            self._notify()
+        """Hand the outbox to the client in order, up to IN_FLIGHT unacknowledged; a message
+        leaves the queue when the broker has acknowledged it.  When the link goes, whatever is
+        unacknowledged goes back to the front of the outbox, in order, to be sent again on the
+        next connection (at least once, Rule 2)."""
+        sending: set[asyncio.Task[None]] = set()
+        self._write_error = None
+        try:
+            while True:
+                while not self._outbox or len(self._inflight) >= IN_FLIGHT:
+                    if self._write_error is not None:
+                        raise self._write_error
+                    self._outbox_ready.clear()
+                    await self._outbox_ready.wait()
+                if self._write_error is not None:
+                    raise self._write_error
+                publish = self._outbox.popleft()
+                self._inflight.append(publish)
+                # A task's first step calls the client's publish: tasks start in creation order,
+                # so the messages are written in outbox order.
+                task = asyncio.create_task(self._send(link, publish))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+        finally:
+            for task in list(sending):
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            self._outbox.extendleft(reversed(self._inflight))
+            self._inflight.clear()
+
+    async def _send(self, link: MqttLink, publish: Publish) -> None:
+        try:
+            await link.publish(publish)
+        except LinkError as exc:
+            self._write_error = exc
+            self._outbox_ready.set()
+            return
+        # Acknowledged: normally the oldest in flight (the broker acknowledges in order).
+        for position, waiting in enumerate(self._inflight):
+            if waiting is publish:
+                del self._inflight[position]
+                break
+        self.published += 1
+        self._outbox_ready.set()
+        self._notify()
 
 
 def _abort(link: MqttLink) -> Any:

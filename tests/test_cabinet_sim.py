@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ecabinet import sim as sim_module
 from ecabinet.broker import EmbeddedBroker, free_port
 from ecabinet.device import DoorOpened, FaultKind, Hand, Mechanics
+from ecabinet.errors import LinkError
 from ecabinet.keyfile import KeyFileError, read_cabinet_key_file, write_cabinet_key_file
 from ecabinet.messages import (
     AckStatus,
@@ -557,6 +559,56 @@ def test_outbox_keeps_order_per_topic_and_only_the_newest_retained(tmp_path: Pat
         sim._enqueue(item)
     assert [p.payload for p in sim._outbox] == [b"e1", b"a1", b"e2", b"i2"]
     assert sim.queued == 4
+
+
+class _SlowBroker:
+    """A link whose PUBACKs come when the test says: records the order messages were handed over."""
+
+    def __init__(self) -> None:
+        self.handed: list[bytes] = []
+        self.pubacks: dict[bytes, asyncio.Future[None]] = {}
+
+    async def publish(self, message: Publish) -> None:
+        self.handed.append(message.payload)
+        self.pubacks[message.payload] = asyncio.get_running_loop().create_future()
+        await self.pubacks[message.payload]
+
+
+def test_reports_leave_back_to_back_in_order_and_unacked_ones_are_sent_again(
+    tmp_path: Path,
+) -> None:
+    sim = make_sim(BrokerAddress("127.0.0.1", 1), tmp_path)  # never started: offline
+    window = sim_module.IN_FLIGHT
+    bodies = [f"e{n}".encode() for n in range(window + 4)]
+
+    async def scenario() -> None:
+        for body in bodies:
+            sim._enqueue(Publish("perso/v1/S1/C1/evt", body, 1, False))
+        broker = _SlowBroker()
+        writer = asyncio.create_task(sim._write(broker))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        # A window's worth handed over without waiting for a single PUBACK, in outbox order.
+        assert broker.handed == bodies[:window] and sim.queued == len(bodies)
+        for body in bodies[:3]:
+            broker.pubacks[body].set_result(None)
+        await asyncio.sleep(0.01)
+        assert broker.handed == bodies[: window + 3] and sim.queued == len(bodies) - 3
+        assert sim.published == 3
+        # The link goes while e3… are unacknowledged: they go back, in order, ahead of the rest.
+        broker.pubacks[bodies[4]].set_exception(LinkError("connection lost"))
+        with pytest.raises(LinkError):
+            await asyncio.wait_for(writer, 5)
+        assert [p.payload for p in sim._outbox] == bodies[3:] and sim.queued == len(bodies) - 3
+        again = _SlowBroker()
+        resend = asyncio.create_task(sim._write(again))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert again.handed == bodies[3 : 3 + window]
+        resend.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await resend
+        assert [p.payload for p in sim._outbox] == bodies[3:]
+
+    asyncio.run(scenario())
 
 
 def test_backoff_grows_with_full_jitter() -> None:
