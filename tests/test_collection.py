@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from personaliser.errors import IllegalTransitionError
 from personaliser.keystore import FileKeystore
 from personaliser.lifecycle import State
 from personaliser.operations import Home
+from personaliser.store.base import Store
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +95,20 @@ def _issue(cabinets: CabinetStore, application_id: str) -> None:
     cabinets.complete_open(application_id)
 
 
-def test_outcomes_follow_and_a_crash_between_the_stores_is_caught_up(
-    tmp_path: Path, demo_home: Path
-) -> None:
+@contextmanager
+def dispatched(tmp_path: Path, demo_home: Path) -> Iterator[tuple[Store, CabinetStore, list[str]]]:
+    """A fresh home's stores with every PASSED card registered and DISPATCHED; their ids."""
     home, keystore = fresh(tmp_path, demo_home)
     with home.open_store(keystore) as store, CabinetStore(home.path / "cabinet.db") as cabinets:
         register(cabinets, {r.office or "" for r in store.list_applications(state=State.PASSED)})
         hand_over(store, cabinets, keystore.lookup_key())
-        ids = [c.application_id for c in cabinets.cards()]
+        yield store, cabinets, [c.application_id for c in cabinets.cards()]
+
+
+def test_outcomes_follow_and_a_crash_between_the_stores_is_caught_up(
+    tmp_path: Path, demo_home: Path
+) -> None:
+    with dispatched(tmp_path, demo_home) as (store, cabinets, ids):
         bridge = Bridge(store)
         # a: through the bridge, as the service calls it.
         _stock(cabinets, ids[0])
@@ -128,11 +137,7 @@ def test_outcomes_follow_and_a_crash_between_the_stores_is_caught_up(
 def test_following_bridge_moves_in_order_off_the_callers_thread(
     tmp_path: Path, demo_home: Path
 ) -> None:
-    home, keystore = fresh(tmp_path, demo_home)
-    with home.open_store(keystore) as store, CabinetStore(home.path / "cabinet.db") as cabinets:
-        register(cabinets, {r.office or "" for r in store.list_applications(state=State.PASSED)})
-        hand_over(store, cabinets, keystore.lookup_key())
-        every = [c.application_id for c in cabinets.cards()]
+    with dispatched(tmp_path, demo_home) as (store, cabinets, every):
         ids, waiting = every[:3], every[3]
         for application_id in ids:
             _stock(cabinets, application_id)
