@@ -78,8 +78,9 @@ OUTBOX_LIMIT: Final = 10_000
 #: one door movement (ack, door opened, card gone) leave back to back instead of one broker round
 #: trip apart.  Order is kept: the client writes them in call order, and the broker forwards one
 #: client's messages in the order it received them (MQTT 3.1.1 and 5.0, 4.6 "Message ordering").
-#: Below Mosquitto's default receive maximum (20) so that the broker never has to hold them back.
-IN_FLIGHT: Final = 16
+#: Below Mosquitto's default receive maximum (20), so that the broker never holds them back, and
+#: below the number of pending publishes aiomqtt warns about (more than 10).
+IN_FLIGHT: Final = 8
 HISTORY_LIMIT: Final = 10_000
 
 
