@@ -139,8 +139,13 @@ def browser() -> Iterator[WebDriver]:
 def log_in(driver: WebDriver, base: str, officer_id: str) -> None:
     driver.delete_all_cookies()
     driver.get(f"{base}/login")
+    # autofocus: the keyboard starts in the officer id.  Chromium applies autofocus at a rendering
+    # step after the load (HTML "flush autofocus candidates"), so wait for it, briefly.
+    WebDriverWait(driver, 5).until(
+        lambda d: d.switch_to.active_element.get_attribute("id") == "officer_id",
+        "the login page does not put the focus in the officer id",
+    )
     who = driver.switch_to.active_element
-    assert who.get_attribute("id") == "officer_id"  # autofocus: the keyboard starts here
     who.send_keys(officer_id, Keys.TAB)
     driver.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
 
