@@ -27,6 +27,7 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -136,17 +137,22 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
+def focused(driver: WebDriver, element_id: str) -> WebElement:
+    """The element with the keyboard focus, once it is ``element_id`` (5 s at most): Chromium
+    applies ``autofocus`` at a rendering step after the load (HTML "flush autofocus candidates"),
+    and a page's script moves the focus after its own fetches, so reading it at once races."""
+    WebDriverWait(driver, 5).until(
+        lambda d: d.switch_to.active_element.get_attribute("id") == element_id,
+        f"the focus never reached #{element_id}",
+    )
+    element: WebElement = driver.switch_to.active_element
+    return element
+
+
 def log_in(driver: WebDriver, base: str, officer_id: str) -> None:
     driver.delete_all_cookies()
     driver.get(f"{base}/login")
-    # autofocus: the keyboard starts in the officer id.  Chromium applies autofocus at a rendering
-    # step after the load (HTML "flush autofocus candidates"), so wait for it, briefly.
-    WebDriverWait(driver, 5).until(
-        lambda d: d.switch_to.active_element.get_attribute("id") == "officer_id",
-        "the login page does not put the focus in the officer id",
-    )
-    who = driver.switch_to.active_element
-    who.send_keys(officer_id, Keys.TAB)
+    focused(driver, "officer_id").send_keys(officer_id, Keys.TAB)  # the keyboard starts here
     driver.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
 
 
@@ -165,9 +171,7 @@ def test_counter_officer_retrieves_a_card_in_the_browser(
     log_in(browser, base, "co1")
     wait = WebDriverWait(browser, WAIT)
     wait.until(ec.url_to_be(f"{base}/counter"))
-    field = browser.switch_to.active_element
-    assert field.get_attribute("id") == "receipt"  # a scanner types into the focused field
-    field.send_keys(receipt, Keys.ENTER)
+    focused(browser, "receipt").send_keys(receipt, Keys.ENTER)  # a scanner types into the focus
     card = wait.until(ec.visibility_of_element_located((By.ID, "card")))
     portrait = browser.find_element(By.ID, "portrait")
     wait.until(
@@ -178,10 +182,10 @@ def test_counter_officer_retrieves_a_card_in_the_browser(
     assert browser.find_element(By.ID, "application").text == app_id
     assert browser.find_element(By.ID, "name").text
     slot = browser.find_element(By.ID, "place").text.rsplit(" ", 1)[-1]
-    assert browser.switch_to.active_element.get_attribute("id") == "retrieve"
+    retrieve = focused(browser, "retrieve")
     browser.save_screenshot(str(artifacts() / "counter-handover.png"))
 
-    browser.switch_to.active_element.send_keys(Keys.ENTER)  # keyboard only
+    retrieve.send_keys(Keys.ENTER)  # keyboard only
     status = browser.find_element(By.ID, "status")
     wait.until(lambda d: "taken" in status.text)
     assert status.text.startswith(f"Slot {slot} opened") and "card taken" in status.text
@@ -201,9 +205,7 @@ def test_counter_officer_retrieves_a_card_in_the_browser(
 
     # The same receipt again: nothing at this office any more, said in words, nothing opens.
     browser.find_element(By.ID, "next").send_keys(Keys.ENTER)
-    field = browser.switch_to.active_element
-    assert field.get_attribute("id") == "receipt"
-    field.send_keys(receipt, Keys.ENTER)
+    focused(browser, "receipt").send_keys(receipt, Keys.ENTER)
     error = browser.find_element(By.ID, "error")
     wait.until(lambda d: error.text)
     assert "No card for this receipt" in error.text
